@@ -1,0 +1,83 @@
+"""vimeo_api: a file drop and delivery API.
+
+``create_app`` only wires: configuration, extensions, blueprints, error handlers and
+commands. Nothing connects, migrates or reads files at import or in the factory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+
+from flask import Flask, g, request
+from sqlalchemy import event
+
+from . import config
+from .errors import register_error_handlers
+from .extensions import cache, db, migrate
+from .storage import LocalStorage
+from .uploads import UploadRequest
+from .worker import celery_init_app
+
+MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    config.load(app, test_config)
+    app.request_class = UploadRequest
+    register_extensions(app)
+    register_blueprints(app)
+    register_error_handlers(app)
+    register_request_hooks(app)
+    register_commands(app)
+    return app
+
+
+def register_extensions(app: Flask) -> None:
+    db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS)
+    cache.init_app(app)
+    app.extensions["vimeo_storage"] = LocalStorage(app.config["STORAGE_DIR"])
+    celery_init_app(app)
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        with app.app_context():
+            event.listen(db.engine, "connect", _sqlite_pragmas)
+
+
+def register_blueprints(app: Flask) -> None:
+    from . import api
+
+    app.register_blueprint(api.bp)
+
+
+def register_request_hooks(app: Flask) -> None:
+    @app.before_request
+    def assign_request_id():
+        # nginx passes its $request_id; anything else gets a fresh one.
+        given = request.headers.get("X-Request-Id", "")
+        g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+    @app.after_request
+    def echo_request_id(response):
+        response.headers.setdefault("X-Request-Id", getattr(g, "request_id", ""))
+        return response
+
+
+def register_commands(app: Flask) -> None:
+    from .cli import files_cli
+
+    app.cli.add_command(files_cli)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    """WAL lets downloads read while an upload writes; the busy timeout makes concurrent
+    writers wait for the lock instead of failing."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=15000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

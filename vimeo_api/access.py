@@ -1,0 +1,63 @@
+"""Whether a request may have a file: existence, availability, password, ownership.
+
+Checks run in the contract's order: unknown → 404, gone → 410, password → 401.
+"""
+
+from __future__ import annotations
+
+from flask import Request
+from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.exceptions import Forbidden, Gone, NotFound, Unauthorized
+
+from . import files, security
+from .models import File, utcnow
+
+REALM = "vimeo_api"
+
+
+def supplied_password(request: Request) -> str | None:
+    """The password a client sent: ``X-Password``, ``?password=`` or HTTP Basic."""
+    password = request.headers.get("X-Password")
+    if password is None:
+        password = request.args.get("password")
+    if password is None and request.authorization and request.authorization.type == "basic":
+        password = request.authorization.password
+    return password
+
+
+def downloadable(filehash: str, request: Request) -> File:
+    """The file behind a download URL, or the HTTP error that ends the request."""
+    file = find_or_404(filehash)
+    if not file.is_available(utcnow()):
+        raise Gone()
+    if file.password_hash is not None:
+        if not security.password_matches(supplied_password(request), file.password_hash):
+            raise Unauthorized(
+                "A valid password is required for this file.",
+                www_authenticate=WWWAuthenticate("basic", {"realm": REALM}),
+            )
+    return file
+
+
+def find_or_404(filehash: str) -> File:
+    file = files.find(filehash) if _looks_like_filehash(filehash) else None
+    if file is None:
+        raise NotFound()
+    return file
+
+
+def owned(filehash: str, request: Request) -> File:
+    """The file an owner manages: 404, then 401/403 on the owner token, then 410."""
+    file = find_or_404(filehash)
+    token = request.headers.get("X-Owner-Token")
+    if not token:
+        raise Unauthorized("Send the owner token given at upload in X-Owner-Token.")
+    if not security.token_matches(token, file.owner_token_hash):
+        raise Forbidden("This owner token does not match the file.")
+    if not file.is_available(utcnow()):
+        raise Gone()
+    return file
+
+
+def _looks_like_filehash(value: str) -> bool:
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)

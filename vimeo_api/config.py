@@ -1,0 +1,90 @@
+"""Configuration: defaults in code, overridden by ``VIMEO_*`` environment variables,
+overridden by the ``test_config`` mapping a test passes to ``create_app``."""
+
+from __future__ import annotations
+
+import os
+
+MiB = 1024 * 1024
+
+DEFAULTS: dict[str, object] = {
+    # Where metadata lives. None means SQLite in the instance folder (the embedded default).
+    "DATABASE_URL": None,
+    # Where bytes live. None means ``<instance>/storage``.
+    "STORAGE_DIR": None,
+    # Absolute base of the URLs handed out. Client headers (Host, X-Forwarded-*) are never
+    # trusted for it: see README "Public URL".
+    "PUBLIC_URL": "http://127.0.0.1:8000",
+    "MAX_UPLOAD_SIZE": 16 * MiB,
+    # Seconds. DEFAULT applies when the client gives no expiry; MAX caps what it may ask for
+    # (None: no cap, and ``never`` is allowed).
+    "DEFAULT_EXPIRES_IN": 7 * 24 * 3600,
+    "MAX_EXPIRES_IN": None,
+    # Bytes of a file stay on disk this long after it becomes gone, so that a transfer
+    # nginx has just started is not cut short (the original product used 30 s).
+    "DELETE_GRACE_SECONDS": 30,
+    # How often the embedded default sweeps (expired files, released bytes, stale temp
+    # files) without a Celery beat. 0 disables the in-process sweeper (the stack uses beat).
+    "EMBEDDED_SWEEP_INTERVAL": 10,
+    # How often Celery beat runs the sweep in the stack.
+    "SWEEP_INTERVAL": 60,
+    "SWEEP_BATCH_SIZE": 500,
+    # Temporary upload files older than this are orphans of a killed process.
+    "STALE_UPLOAD_SECONDS": 6 * 3600,
+    # "app": the app sends the bytes (embedded default); "accel": X-Accel-Redirect to nginx.
+    "DELIVERY": "app",
+    # werkzeug.security method for file passwords (salted, slow).
+    "PASSWORD_HASH_METHOD": "scrypt",
+    # Celery: no broker means tasks run eagerly in-process (embedded default).
+    "BROKER_URL": None,
+    "CACHE_TYPE": "SimpleCache",
+    "CACHE_REDIS_URL": None,
+    "LOG_LEVEL": "INFO",
+}
+
+
+def load(app, test_config: dict | None = None) -> None:
+    """Fill ``app.config``: code defaults, then the environment, then ``test_config``."""
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env("VIMEO")
+    if test_config:
+        app.config.from_mapping(test_config)
+    _derive(app)
+
+
+def _derive(app) -> None:
+    """Turn the project's settings into the ones Flask and its extensions read."""
+    cfg = app.config
+    if not cfg["DATABASE_URL"]:
+        # As Flask's tutorial does: the embedded default lives in the instance folder.
+        os.makedirs(app.instance_path, exist_ok=True)
+        cfg["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "vimeo_api.sqlite3")
+    if not cfg["STORAGE_DIR"]:
+        cfg["STORAGE_DIR"] = os.path.join(app.instance_path, "storage")
+    if cfg["DATABASE_URL"].startswith(("postgresql://", "postgres://")):
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; this project ships psycopg2.
+        cfg["DATABASE_URL"] = "postgresql+psycopg2://" + cfg["DATABASE_URL"].split("://", 1)[1]
+    cfg["STORAGE_DIR"] = os.path.abspath(cfg["STORAGE_DIR"])
+    cfg["PUBLIC_URL"] = str(cfg["PUBLIC_URL"]).rstrip("/")
+    cfg["SQLALCHEMY_DATABASE_URI"] = cfg["DATABASE_URL"]
+    cfg.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    # werkzeug enforces this while the body streams: 413 before the limit is passed.
+    cfg["MAX_CONTENT_LENGTH"] = int(cfg["MAX_UPLOAD_SIZE"])
+    # A multipart body may carry small text fields beside the file; the file part itself
+    # goes to our own stream (see uploads.py), never to memory.
+    cfg.setdefault("MAX_FORM_MEMORY_SIZE", 64 * 1024)
+    cfg.setdefault("JSON_SORT_KEYS", False)
+    broker = cfg["BROKER_URL"]
+    cfg["CELERY"] = {
+        "broker_url": broker or "memory://",
+        "task_always_eager": not broker,
+        "task_eager_propagates": True,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_timeout": 2,
+        "broker_connection_retry_on_startup": True,
+        "timezone": "UTC",
+        **(cfg.get("CELERY_OVERRIDES") or {}),
+    }

@@ -1,0 +1,113 @@
+"""How the bytes of an allowed download are sent.
+
+``DELIVERY = "app"`` (embedded default): the app streams from the blob, with sendfile
+for whole files when the server offers it. Range and multipart answers are built here.
+"""
+
+from __future__ import annotations
+
+from flask import Response, current_app, request
+from werkzeug.wsgi import wrap_file
+
+from . import files
+from .http_semantics import (
+    CACHE_CONTROL,
+    RangeDecision,
+    Representation,
+    content_disposition,
+    format_etag,
+    format_http_date,
+    multipart_byteranges,
+    new_boundary,
+)
+from .models import File
+
+CHUNK = 256 * 1024
+
+
+def representation(file: File) -> Representation:
+    return Representation(etag=file.sha256, last_modified=file.modified_at, size=file.size)
+
+
+def validator_headers(file: File, cache_class: str) -> dict[str, str]:
+    """Headers a 304 repeats from the 200 (RFC 9110 §15.4.5)."""
+    return {
+        "ETag": format_etag(file.sha256),
+        "Last-Modified": format_http_date(file.modified_at),
+        "Cache-Control": CACHE_CONTROL[cache_class],
+    }
+
+
+def content_headers(file: File, cache_class: str) -> dict[str, str]:
+    headers = validator_headers(file, cache_class)
+    headers.update(
+        {
+            "Content-Type": file.content_type,
+            "Content-Disposition": content_disposition(file.filename, file.content_type),
+            "Accept-Ranges": "bytes",
+            "X-Content-Type-Options": "nosniff",
+        }
+    )
+    return headers
+
+
+def not_modified(file: File, cache_class: str) -> Response:
+    return Response(status=304, headers=validator_headers(file, cache_class))
+
+
+def open_blob(file: File):
+    """Open the bytes before a download is consumed, so a missing blob costs no download."""
+    return files.storage().open(file.sha256)
+
+
+def send(file: File, blob, decision: RangeDecision, cache_class: str) -> Response:
+    """The 200/206 answer. ``blob`` is None for HEAD (headers only)."""
+    headers = content_headers(file, cache_class)
+    if decision.status == 206 and len(decision.ranges) > 1:
+        return _multipart(file, blob, decision, headers)
+    if decision.status == 206:
+        start, stop = decision.ranges[0]
+        headers["Content-Range"] = decision.content_range
+        headers["Content-Length"] = str(stop - start)
+        body = _slice(blob, start, stop) if blob else ()
+        return Response(body, status=206, headers=headers, direct_passthrough=True)
+    headers["Content-Length"] = str(file.size)
+    body = wrap_file(request.environ, blob, CHUNK) if blob else ()
+    return Response(body, status=200, headers=headers, direct_passthrough=True)
+
+
+def _multipart(file: File, blob, decision: RangeDecision, headers: dict) -> Response:
+    boundary = new_boundary()
+    parts, closing, length = multipart_byteranges(decision.ranges, file.size, file.content_type, boundary)
+    headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
+    headers["Content-Length"] = str(length)
+
+    def body():
+        try:
+            for part_header, start, stop in parts:
+                yield part_header
+                yield from _read(blob, start, stop)
+            yield closing
+        finally:
+            blob.close()
+
+    return Response(body() if blob else (), status=206, headers=headers, direct_passthrough=True)
+
+
+def _slice(blob, start: int, stop: int):
+    try:
+        yield from _read(blob, start, stop)
+    finally:
+        blob.close()
+
+
+def _read(blob, start: int, stop: int):
+    blob.seek(start)
+    left = stop - start
+    while left > 0:
+        chunk = blob.read(min(CHUNK, left))
+        if not chunk:
+            current_app.logger.error("stored bytes shorter than recorded")
+            return
+        left -= len(chunk)
+        yield chunk

@@ -1,0 +1,90 @@
+"""Every error is JSON: ``{"error": phrase, "message": detail, "request_id": id}``.
+
+The phrases are the original product's, which its clients match on exactly.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+from flask import g, jsonify
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+log = logging.getLogger(__name__)
+
+PHRASES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method not Allowed",
+    409: "Conflict",
+    410: "Gone",
+    412: "Precondition Failed",
+    413: "Request Entity Too Large",
+    415: "Unsupported Media Type",
+    416: "Range Not Satisfiable",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    507: "Insufficient Storage",
+}
+
+MESSAGES = {
+    404: "No file at this address.",
+    405: "This method is not allowed here; see the Allow header.",
+    410: "This file is no longer available.",
+    413: "The upload is larger than the configured maximum.",
+    500: "The server failed to answer this request.",
+}
+
+
+def error_response(status: int, message: str | None = None, headers=None):
+    """The one place an error body is built."""
+    body = {
+        "error": PHRASES.get(status, "Error"),
+        "message": message or MESSAGES.get(status, PHRASES.get(status, "Error")),
+        "request_id": getattr(g, "request_id", None),
+    }
+    response = jsonify(body)
+    response.status_code = status
+    for name, value in headers or ():
+        if name.lower() not in ("content-type", "content-length"):
+            response.headers.add(name, value)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _http_error(exc: HTTPException):
+    default = type(exc).description
+    message = exc.description if exc.description != default else None
+    return error_response(exc.code or 500, message, exc.get_headers())
+
+
+def _database_down(exc: DBAPIError):
+    # The driver's message says what failed (refused, timed out); statements and their
+    # parameters are not logged.
+    log.error("database unavailable: %s", str(getattr(exc, "orig", exc)).strip()[:300])
+    return error_response(503, "The database is unavailable; retry shortly.", [("Retry-After", "5")])
+
+
+def _unexpected(exc: Exception):
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return error_response(507, "The storage is full.")
+    original = getattr(exc, "original_exception", None) or exc
+    if isinstance(original, OperationalError):
+        return _database_down(original)
+    # The trace goes to the log only; the client sees the request id to quote.
+    log.exception("unhandled error", exc_info=original)
+    return error_response(500)
+
+
+def register_error_handlers(app) -> None:
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(OperationalError, _database_down)
+    app.register_error_handler(InternalServerError, _unexpected)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,317 @@
+"""The domain layer: what happens to a file, independent of HTTP.
+
+Every state change that can race (a download consuming the last use, a file going gone
+and releasing its content) is one atomic ``UPDATE ... WHERE ... RETURNING`` statement,
+so the database decides and concurrent requests cannot over-consume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import case, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from . import security
+from .extensions import db
+from .models import Blob, File, FileStatus, GoneReason, utcnow
+from .storage import LocalStorage, UploadFile
+
+log = logging.getLogger(__name__)
+
+UNSET = object()
+
+
+@dataclass
+class Options:
+    """Upload options after validation; UNSET leaves a value as it is (PATCH)."""
+
+    password: object = UNSET  # str, None (remove) or UNSET
+    max_downloads: object = UNSET  # int or UNSET
+    expires_at: object = UNSET  # datetime, None (never) or UNSET
+    touched: set = field(default_factory=set)
+
+
+def storage() -> LocalStorage:
+    return current_app.extensions["vimeo_storage"]
+
+
+def whole_second(dt: datetime) -> datetime:
+    """HTTP dates have one-second resolution; Last-Modified is kept at that resolution."""
+    return dt.replace(microsecond=0)
+
+
+def find(filehash: str) -> File | None:
+    return db.session.execute(select(File).where(File.filehash == filehash)).scalar_one_or_none()
+
+
+def create(upload: UploadFile, filename: str, content_type: str, options: Options) -> tuple[File, str]:
+    """Store an upload and its row; returns the file and its owner token (shown once).
+
+    The bytes are fsynced and renamed into place before the row is committed; if the
+    commit fails the row is gone and the bytes are an unreferenced blob the sweep removes.
+    """
+    now = whole_second(utcnow())
+    cfg = current_app.config
+    _acquire_blob(upload, now)
+    token = security.new_owner_token()
+    file = File(
+        filehash=security.new_filehash(),
+        filename=filename,
+        content_type=content_type,
+        size=upload.size,
+        sha256=upload.sha256,
+        password_hash=(
+            security.hash_password(options.password, cfg["PASSWORD_HASH_METHOD"])
+            if isinstance(options.password, str)
+            else None
+        ),
+        owner_token_hash=security.hash_token(token),
+        max_downloads=1 if options.max_downloads is UNSET else options.max_downloads,
+        downloads=0,
+        status=FileStatus.AVAILABLE,
+        created_at=now,
+        modified_at=now,
+        expires_at=(
+            now + timedelta(seconds=cfg["DEFAULT_EXPIRES_IN"])
+            if options.expires_at is UNSET
+            else options.expires_at
+        ),
+    )
+    db.session.add(file)
+    db.session.commit()
+    return file, token
+
+
+def replace_content(file: File, upload: UploadFile, content_type: str | None) -> File:
+    """New bytes for an existing URL: new SHA-256, new ETag, new Last-Modified.
+    Options and the download count stay as they are."""
+    now = whole_second(utcnow())
+    old_sha = file.sha256
+    _acquire_blob(upload, now)
+    changed = db.session.execute(
+        update(File)
+        .where(File.id == file.id, File.status == FileStatus.AVAILABLE, File.sha256 == old_sha)
+        .values(
+            sha256=upload.sha256,
+            size=upload.size,
+            content_type=content_type or file.content_type,
+            # Last-Modified must move forward even when two replacements land in one second.
+            modified_at=max(now, file.modified_at + timedelta(seconds=1)),
+        )
+        .returning(File.id)
+    ).first()
+    if changed is None:
+        db.session.rollback()
+        return None
+    released = _release_blob_ref(old_sha, now)
+    db.session.commit()
+    db.session.refresh(file)
+    if released:
+        queue_release(old_sha)
+    return file
+
+
+def update_options(file: File, options: Options) -> File:
+    """Apply a PATCH. Lowering max_downloads to what was already used makes the file gone."""
+    cfg = current_app.config
+    if options.password is not UNSET:
+        file.password_hash = (
+            None
+            if options.password is None
+            else security.hash_password(options.password, cfg["PASSWORD_HASH_METHOD"])
+        )
+    if options.expires_at is not UNSET:
+        file.expires_at = options.expires_at
+    if options.max_downloads is not UNSET:
+        file.max_downloads = options.max_downloads
+    db.session.commit()
+    if file.max_downloads and file.downloads >= file.max_downloads:
+        mark_gone(file.id, GoneReason.DOWNLOADED)
+        db.session.refresh(file)
+    return file
+
+
+def consume_download(file_id: int) -> bool:
+    """Use one download, atomically. False when none is left (or the file went gone or
+    expired meanwhile): exactly one of many concurrent requests gets the last one."""
+    now = utcnow()
+    last = (File.max_downloads > 0) & (File.downloads + 1 >= File.max_downloads)
+    row = db.session.execute(
+        update(File)
+        .where(
+            File.id == file_id,
+            File.status == FileStatus.AVAILABLE,
+            (File.max_downloads == 0) | (File.downloads < File.max_downloads),
+            File.expires_at.is_(None) | (File.expires_at > now),
+        )
+        .values(
+            downloads=File.downloads + 1,
+            status=case((last, FileStatus.GONE), else_=File.status),
+            gone_reason=case((last, GoneReason.DOWNLOADED), else_=File.gone_reason),
+            gone_at=case((last, now), else_=File.gone_at),
+        )
+        .returning(File.status, File.sha256)
+    ).first()
+    if row is None:
+        db.session.rollback()
+        return False
+    released = row.status == FileStatus.GONE and _release_blob_ref(row.sha256, now)
+    db.session.commit()
+    if released:
+        queue_release(row.sha256)
+    return True
+
+
+def mark_gone(file_id: int, reason: str) -> bool:
+    """Make an available file gone (deleted, used up or expired) and release its content.
+    False when it was already gone: the transition happens once."""
+    now = utcnow()
+    row = db.session.execute(
+        update(File)
+        .where(File.id == file_id, File.status == FileStatus.AVAILABLE)
+        .values(status=FileStatus.GONE, gone_reason=reason, gone_at=now)
+        .returning(File.sha256)
+    ).first()
+    if row is None:
+        db.session.rollback()
+        return False
+    released = _release_blob_ref(row.sha256, now)
+    db.session.commit()
+    if released:
+        queue_release(row.sha256)
+    return True
+
+
+def expire_due(batch_size: int) -> int:
+    """Mark one batch of expired-but-available files gone; returns how many."""
+    now = utcnow()
+    ids = db.session.execute(
+        select(File.id)
+        .where(File.status == FileStatus.AVAILABLE, File.expires_at <= now)
+        .order_by(File.id)
+        .limit(batch_size)
+    ).scalars().all()
+    db.session.rollback()
+    done = 0
+    for file_id in ids:
+        done += mark_gone(file_id, GoneReason.EXPIRED)
+    return done
+
+
+def release_blob(sha256: str) -> bool:
+    """Remove a blob's bytes if nothing uses it and its grace period is over (idempotent).
+
+    The row is deleted and the file unlinked in one transaction: the row lock keeps a
+    concurrent upload of the same content from reusing bytes that are being removed.
+    """
+    now = utcnow()
+    row = db.session.execute(
+        delete(Blob)
+        .where(Blob.sha256 == sha256, Blob.refcount <= 0, Blob.release_after <= now)
+        .returning(Blob.sha256)
+    ).first()
+    if row is None:
+        db.session.rollback()
+        return False
+    storage().delete(sha256)
+    db.session.commit()
+    return True
+
+
+def releasable_blobs(batch_size: int) -> list[str]:
+    now = utcnow()
+    shas = db.session.execute(
+        select(Blob.sha256)
+        .where(Blob.refcount <= 0, Blob.release_after <= now)
+        .limit(batch_size)
+    ).scalars().all()
+    db.session.rollback()
+    return list(shas)
+
+
+def queue_release(sha256: str) -> None:
+    """Ask a worker to remove the bytes after the grace period. The intent is already in
+    the database (refcount 0, release_after), so a broker outage loses nothing: the
+    periodic sweep finishes it."""
+    from .tasks import release_blob_task
+
+    grace = current_app.config["DELETE_GRACE_SECONDS"]
+    try:
+        release_blob_task.apply_async(args=[sha256], countdown=grace)
+    except Exception as exc:  # the broker is down: the sweep will do it
+        log.warning("could not queue the release of a blob, the sweep will: %s", exc.__class__.__name__)
+
+
+def _acquire_blob(upload: UploadFile, now: datetime) -> None:
+    """Count one more user of the upload's content and make sure its bytes are in place.
+
+    The upsert takes the blob row's lock before the bytes are placed, so a release of the
+    same content cannot remove them between our check and our commit.
+    """
+    dialect = db.session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(Blob).values(sha256=upload.sha256, size=upload.size, refcount=1, created_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[Blob.sha256],
+        set_={"refcount": Blob.refcount + 1, "release_after": None},
+    )
+    db.session.execute(stmt)
+    storage().place(upload, mtime=now.timestamp())
+
+
+def _release_blob_ref(sha256: str, now: datetime) -> bool:
+    """One user fewer; at zero the bytes may go after the grace period. Returns whether
+    the count reached zero (the caller queues the release after committing)."""
+    grace = timedelta(seconds=current_app.config["DELETE_GRACE_SECONDS"])
+    row = db.session.execute(
+        update(Blob)
+        .where(Blob.sha256 == sha256)
+        .values(
+            refcount=Blob.refcount - 1,
+            release_after=case((Blob.refcount <= 1, now + grace), else_=Blob.release_after),
+        )
+        .returning(Blob.refcount)
+    ).first()
+    return row is not None and row.refcount <= 0
+
+
+def parse_expires_in(value, now: datetime) -> datetime | None:
+    """``3600``, ``90s``, ``15m``, ``12h``, ``7d`` or ``never`` → the expiry instant (None: never).
+    Raises ValueError with a message fit for the client."""
+    cfg = current_app.config
+    text = str(value).strip().lower()
+    maximum = cfg["MAX_EXPIRES_IN"]
+    if text == "never":
+        if maximum:
+            raise ValueError(f"expires_in cannot be 'never' here; the maximum is {maximum} seconds")
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    multiplier = 1
+    if text and text[-1] in units:
+        multiplier, text = units[text[-1]], text[:-1]
+    if not text.isdigit() or len(text) > 12:
+        raise ValueError("expires_in must be seconds, a number with s/m/h/d, or 'never'")
+    seconds = int(text) * multiplier
+    if seconds < 1:
+        raise ValueError("expires_in must be at least 1 second")
+    if maximum and seconds > maximum:
+        raise ValueError(f"expires_in is more than the maximum of {maximum} seconds")
+    if seconds > 100 * 365 * 86400:
+        raise ValueError("expires_in is too large; use 'never'")
+    return now + timedelta(seconds=seconds)
+
+
+def parse_max_downloads(value) -> int:
+    text = str(value).strip()
+    if not text.isdigit() or len(text) > 9:
+        raise ValueError("max_downloads must be an integer >= 0 (0 means unlimited)")
+    return int(text)
+
+
+def seconds_until(dt: datetime | None, now: datetime) -> int | None:
+    return None if dt is None else max(0, math.ceil((dt - now).total_seconds()))

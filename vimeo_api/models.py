@@ -1,0 +1,90 @@
+"""Metadata: files, and the content blobs they point at (stored once per SHA-256)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import BigInteger, DateTime, Integer, String, TypeDecorator
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .extensions import db
+
+# SQLite has no 64-bit autoincrement type other than INTEGER.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes in Python, naive UTC in the database (SQLite keeps no zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class FileStatus:
+    AVAILABLE = "available"
+    GONE = "gone"
+
+
+class GoneReason:
+    DOWNLOADED = "downloaded"
+    DELETED = "deleted"
+    EXPIRED = "expired"
+
+
+class Blob(db.Model):
+    """One stored content. ``refcount`` counts the live files and versions using it; at 0
+    the bytes may go once ``release_after`` has passed (the grace period)."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    refcount: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    release_after: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+
+
+class File(db.Model):
+    """An uploaded file as its URL sees it: options, counters and state."""
+
+    __tablename__ = "files"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    filehash: Mapped[str] = mapped_column(String(32), unique=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    # Not a foreign key: gone files keep naming content whose blob row was released.
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    owner_token_hash: Mapped[str] = mapped_column(String(64))
+    max_downloads: Mapped[int] = mapped_column(Integer, default=1)
+    downloads: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default=FileStatus.AVAILABLE, index=True)
+    gone_reason: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    modified_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    gone_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def is_available(self, now: datetime) -> bool:
+        """Whether the URL may still serve: not gone, not expired, downloads left."""
+        if self.status != FileStatus.AVAILABLE:
+            return False
+        if self.expires_at is not None and self.expires_at <= now:
+            return False
+        return not (self.max_downloads and self.downloads >= self.max_downloads)

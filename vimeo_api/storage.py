@@ -1,0 +1,199 @@
+"""Where bytes live: one small interface over a directory.
+
+Content is stored once per SHA-256 under ``blobs/ab/cd/<sha256>``; uploads stream into
+``tmp/`` on the same filesystem so that placing them is a rename, never a copy. No path
+here is ever built from anything a client sent: only from hashes and random names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+CHUNK = 1024 * 1024
+
+
+class UploadFile:
+    """A temporary file on the storage filesystem that hashes what is written to it.
+
+    werkzeug's multipart parser writes file parts straight into it (see uploads.py), raw
+    bodies are copied into it chunk by chunk; either way the bytes are read once. Closing
+    it without ``placed`` set removes it, so a failed or cut-off upload leaves nothing.
+    """
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, secrets.token_hex(16) + ".part")
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        self._file = os.fdopen(fd, "w+b", buffering=CHUNK)
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.placed = False
+
+    @classmethod
+    def adopt(cls, path: str) -> "UploadFile":
+        """Wrap a body file another process (nginx) already wrote; it is hashed by reading."""
+        self = cls.__new__(cls)
+        self.path = path
+        self._file = open(path, "r+b", buffering=0)
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.placed = False
+        while chunk := self._file.read(CHUNK):
+            self._hash.update(chunk)
+            self.size += len(chunk)
+        return self
+
+    # The file-object methods werkzeug's form parser and FileStorage use.
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        self.size += len(data)
+        return self._file.write(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._file.read(n)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def copy_from(self, stream, limit: int | None = None) -> None:
+        """Copy a body stream in chunks (memory stays flat whatever the size)."""
+        while chunk := stream.read(CHUNK):
+            self.write(chunk)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def finish(self) -> None:
+        """Make the bytes durable before they are renamed into place."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if not self.placed:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    discard = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class LocalStorage:
+    """Blobs on a local directory, plus the temporary area uploads stream into."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.tmp_dir = os.path.join(root, "tmp")
+        self.blob_dir = os.path.join(root, "blobs")
+
+    def ensure_dirs(self) -> None:
+        os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self.blob_dir, mode=0o755, exist_ok=True)
+
+    def new_upload(self) -> UploadFile:
+        self.ensure_dirs()
+        return UploadFile(self.tmp_dir)
+
+    def blob_path(self, sha256: str) -> str:
+        if not _SHA256.match(sha256):
+            raise ValueError("not a sha256 hex digest")
+        return os.path.join(self.blob_dir, sha256[:2], sha256[2:4], sha256)
+
+    def relative_path(self, sha256: str) -> str:
+        """The blob's path below the storage root (what nginx's internal location maps)."""
+        return os.path.relpath(self.blob_path(sha256), self.root)
+
+    def exists(self, sha256: str) -> bool:
+        return os.path.exists(self.blob_path(sha256))
+
+    def place(self, upload: UploadFile, mtime: float) -> bool:
+        """Move a finished upload into place under its hash. Returns False when the same
+        content was already stored (the temporary file is then dropped).
+
+        The caller holds the blob's row lock, so no release can run in between. The
+        blob's mtime is set to ``mtime`` (the first upload's Last-Modified, whole
+        seconds): nginx compares If-Unmodified-Since with it, and it must never be later
+        than the Last-Modified of any file using the blob.
+        """
+        target = self.blob_path(upload.sha256)
+        if os.path.exists(target):
+            upload.close()
+            return False
+        upload.finish()
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        os.chmod(upload.path, 0o644)
+        os.utime(upload.path, (mtime, mtime))
+        os.replace(upload.path, target)
+        upload.placed = True
+        upload.close()
+        _fsync_dir(os.path.dirname(target))
+        return True
+
+    def open(self, sha256: str):
+        return open(self.blob_path(sha256), "rb")
+
+    def delete(self, sha256: str) -> bool:
+        try:
+            os.unlink(self.blob_path(sha256))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def iter_blobs(self) -> Iterator[str]:
+        """Every stored hash (for the orphan sweep and ``files verify``)."""
+        for dirpath, _dirs, names in os.walk(self.blob_dir):
+            for name in names:
+                if _SHA256.match(name):
+                    yield name
+
+    def remove_stale_uploads(self, older_than: float) -> int:
+        """Delete temporary upload files left by killed processes; returns how many."""
+        removed = 0
+        cutoff = time.time() - older_than
+        try:
+            entries = list(os.scandir(self.tmp_dir))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def is_writable(self) -> bool:
+        self.ensure_dirs()
+        with self.new_upload() as probe:
+            probe.write(b"ok")
+            probe.finish()
+        return True
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,76 @@
+"""Reading an upload out of a request, multipart or raw, in one streaming pass.
+
+werkzeug's multipart parser asks ``Request._get_file_stream`` where to write each file
+part; we hand it an ``UploadFile`` on the storage filesystem that hashes as it writes, so
+a multipart upload is never spooled to /tmp or copied a second time.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import re
+import unicodedata
+
+from flask import Request, current_app
+from werkzeug.exceptions import BadRequest
+
+from .storage import UploadFile
+
+# Content types that say nothing about the content: the filename decides instead.
+_UNSPECIFIC = {"", "application/octet-stream", "application/x-www-form-urlencoded", "binary/octet-stream"}
+_MIME = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
+
+
+class UploadRequest(Request):
+    """Flask's request, with file parts streamed to the storage filesystem."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return current_app.extensions["vimeo_storage"].new_upload()
+
+
+def multipart_file(request: Request) -> tuple[UploadFile, str, str | None]:
+    """The uploaded part named ``file``, else the first file part → (upload, filename, type)."""
+    files = request.files
+    part = files.get("file")
+    if part is None:
+        part = next(iter(files.values()), None)
+    if part is None or not part.filename:
+        raise BadRequest("No file was sent: use a multipart part named 'file' (curl -F file=@path).")
+    upload = part.stream
+    if not isinstance(upload, UploadFile):  # defensive: never accept an in-memory part
+        raise BadRequest("The file part could not be read.")
+    return upload, part.filename, part.mimetype
+
+
+def raw_body(request: Request) -> UploadFile:
+    """Copy a raw PUT body into an upload file, chunk by chunk."""
+    upload = current_app.extensions["vimeo_storage"].new_upload()
+    try:
+        upload.copy_from(request.stream)
+    except BaseException:
+        upload.close()
+        raise
+    return upload
+
+
+def clean_filename(name: str | None) -> str:
+    """The client's filename, kept only for Content-Disposition and listings (never for
+    a path): last path component, no control characters, at most 255 characters."""
+    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
+    if name in ("", ".", ".."):
+        name = "file"
+    if len(name) > 255:
+        stem, ext = os.path.splitext(name)
+        name = stem[: 255 - len(ext[:32])] + ext[:32]
+    return name
+
+
+def content_type_for(declared: str | None, filename: str) -> str:
+    """The declared type when it is specific and well-formed, else a guess from the name."""
+    mime = (declared or "").split(";", 1)[0].strip().lower()
+    if mime not in _UNSPECIFIC and not mime.startswith("multipart/") and _MIME.match(mime):
+        return mime
+    guessed, _encoding = mimetypes.guess_type(filename, strict=False)
+    return guessed or "application/octet-stream"
