@@ -60,7 +60,8 @@ def download(filehash):
         if not files.consume_download(file.id):
             blob.close()
             raise Gone()
-    return delivery.send(file, blob, decision, klass)
+    # nginx would compare a matching If-Match with its own ETag and answer 412.
+    return delivery.send(file, blob, decision, klass, use_accel="If-Match" not in request.headers)
 
 
 # -- manage -------------------------------------------------------------------------

@@ -1,10 +1,19 @@
 """How the bytes of an allowed download are sent.
 
 ``DELIVERY = "app"`` (embedded default): the app streams from the blob, with sendfile
-for whole files when the server offers it. Range and multipart answers are built here.
+for whole files when the server offers it; range and multipart answers are built here.
+
+``DELIVERY = "accel"`` (the stack): the app answers ``X-Accel-Redirect`` and nginx
+sends the bytes, ranges included. nginx copies only a few of the app's headers on such
+a redirect (Content-Type, Content-Disposition, Cache-Control, Expires, Set-Cookie,
+Accept-Ranges) and drops ETag and Last-Modified, so the validators and the cache class
+travel under private ``X-File-*`` names that the internal location re-adds
+(``add_header ETag $upstream_http_x_file_etag``); see nginx.conf.
 """
 
 from __future__ import annotations
+
+from urllib.parse import quote
 
 from flask import Response, current_app, request
 from werkzeug.wsgi import wrap_file
@@ -23,6 +32,8 @@ from .http_semantics import (
 from .models import File
 
 CHUNK = 256 * 1024
+# The internal nginx location that maps the storage's blobs/ directory.
+ACCEL_PREFIX = "/_vimeo_blobs/"
 
 
 def representation(file: File) -> Representation:
@@ -60,8 +71,15 @@ def open_blob(file: File):
     return files.storage().open(file.sha256)
 
 
-def send(file: File, blob, decision: RangeDecision, cache_class: str) -> Response:
-    """The 200/206 answer. ``blob`` is None for HEAD (headers only)."""
+def send(file: File, blob, decision: RangeDecision, cache_class: str, *, use_accel: bool = True) -> Response:
+    """The 200/206 answer. ``blob`` is None for HEAD (headers only).
+
+    With X-Accel delivery a GET goes to nginx, except when the caller says otherwise
+    (a GET with a matching If-Match: nginx would compare it with its own ETag and 412).
+    """
+    if blob is not None and use_accel and current_app.config["DELIVERY"] == "accel":
+        blob.close()
+        return accel_redirect(file, cache_class)
     headers = content_headers(file, cache_class)
     if decision.status == 206 and len(decision.ranges) > 1:
         return _multipart(file, blob, decision, headers)
@@ -74,6 +92,23 @@ def send(file: File, blob, decision: RangeDecision, cache_class: str) -> Respons
     headers["Content-Length"] = str(file.size)
     body = wrap_file(request.environ, blob, CHUNK) if blob else ()
     return Response(body, status=200, headers=headers, direct_passthrough=True)
+
+
+def accel_redirect(file: File, cache_class: str) -> Response:
+    """Hand the transfer to nginx. nginx answers Range itself (206, multipart, 416)
+    against the same size the app checked, and re-adds the validators below."""
+    path = ACCEL_PREFIX + files.storage().relative_path(file.sha256).split("/", 1)[1]
+    validators = validator_headers(file, cache_class)
+    headers = {
+        # nginx percent-decodes this value and cuts it at "?": encode it.
+        "X-Accel-Redirect": quote(path),
+        "Content-Type": file.content_type,
+        "Content-Disposition": content_disposition(file.filename, file.content_type),
+        "X-File-ETag": validators["ETag"],
+        "X-File-Last-Modified": validators["Last-Modified"],
+        "X-File-Cache-Control": validators["Cache-Control"],
+    }
+    return Response(status=200, headers=headers)
 
 
 def _multipart(file: File, blob, decision: RangeDecision, headers: dict) -> Response:

@@ -1,0 +1,200 @@
+"""Fixtures: a fresh app and database per test, on SQLite and on PostgreSQL.
+
+PostgreSQL is the real local server (``VIMEO_TEST_PG_ADMIN_URL``, default the local
+``postgres`` database); each run creates its own database and drops it at the end. A
+server that cannot be reached fails the run: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from vimeo_api import create_app
+from vimeo_api.extensions import db
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("VIMEO_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+FAST_PASSWORD_HASH = "pbkdf2:sha256:1000"  # the slow default is exercised in test_security.py
+
+
+def _admin_engine():
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh PostgreSQL database for this run, migrated with the project's migrations."""
+    name = f"vimeo_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = _admin_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    migrate_database(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def migrate_database(url: str) -> None:
+    subprocess.run(
+        [sys.executable, "manage.py", "db", "upgrade"],
+        cwd=ROOT,
+        env={**os.environ, "VIMEO_DATABASE_URL": url},
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def make_app(tmp_path, request):
+    """Build an app on the test's backend; extra settings override the defaults."""
+    backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "sqlite"
+    apps = []
+
+    def factory(**overrides):
+        if backend == "postgresql":
+            url = request.getfixturevalue("pg_url")
+        else:
+            url = f"sqlite:///{tmp_path / 'test.sqlite3'}"
+        config = {
+            "TESTING": True,
+            "DATABASE_URL": url,
+            "STORAGE_DIR": str(tmp_path / "storage"),
+            "PUBLIC_URL": "http://files.test",
+            "EMBEDDED_SWEEP_INTERVAL": 0,
+            "PASSWORD_HASH_METHOD": FAST_PASSWORD_HASH,
+            **overrides,
+        }
+        app = create_app(config)
+        with app.app_context():
+            if backend == "sqlite":
+                db.create_all()
+        apps.append((app, backend))
+        return app
+
+    yield factory
+    for app, name in apps:
+        with app.app_context():
+            if name == "postgresql":
+                db.session.execute(text("TRUNCATE files, blobs RESTART IDENTITY"))
+                db.session.commit()
+            db.session.remove()
+            db.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app, backend):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+# -- a real gunicorn -------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+class LiveServer:
+    def __init__(self, base: str, proc: subprocess.Popen, env: dict, log_path: Path):
+        self.base = base
+        self.api = base + "/vimeo/api/v1.0"
+        self.proc = proc
+        self.env = env
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def gunicorn_server(tmp_path, request):
+    """Start real gunicorn on a free port against the test's backend; stop it after."""
+    servers = []
+
+    def start(workers: int = 4, threads: int = 4, **env_overrides) -> LiveServer:
+        backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "sqlite"
+        db_url = request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'live.sqlite3'}"
+        port = free_port()
+        env = {
+            **os.environ,
+            "VIMEO_DATABASE_URL": db_url,
+            "VIMEO_STORAGE_DIR": str(tmp_path / "live-storage"),
+            "VIMEO_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "VIMEO_PASSWORD_HASH_METHOD": FAST_PASSWORD_HASH,
+            "GUNICORN_BIND": f"127.0.0.1:{port}",
+            "GUNICORN_WORKERS": str(workers),
+            "GUNICORN_THREADS": str(threads),
+            **{k: str(v) for k, v in env_overrides.items()},
+        }
+        if backend == "sqlite":
+            migrate_database(db_url)
+        log_path = tmp_path / f"gunicorn-{port}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "vimeo_api.wsgi:app"],
+            cwd=ROOT,
+            env=env,
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        server = LiveServer(f"http://127.0.0.1:{port}", proc, env, log_path)
+        servers.append(server)
+        wait_for_http(server.api + "/file/" + "0" * 32, proc=proc)
+        return server
+
+    yield start
+    for server in servers:
+        if server.proc.poll() is None:
+            os.killpg(server.proc.pid, signal.SIGTERM)
+            try:
+                server.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.proc.pid, signal.SIGKILL)
+                server.proc.wait()
