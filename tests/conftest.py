@@ -65,10 +65,11 @@ def backend(request):
 @pytest.fixture
 def make_app(tmp_path, request):
     """Build an app on the test's backend; extra settings override the defaults."""
-    backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "sqlite"
     apps = []
 
-    def factory(**overrides):
+    def factory(backend: str | None = None, **overrides):
+        if backend is None:
+            backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "sqlite"
         if backend == "postgresql":
             url = request.getfixturevalue("pg_url")
         else:
@@ -198,3 +199,111 @@ def gunicorn_server(tmp_path, request):
             except subprocess.TimeoutExpired:
                 os.killpg(server.proc.pid, signal.SIGKILL)
                 server.proc.wait()
+
+
+# -- one client interface over every deployment ----------------------------------------
+
+class Answer:
+    """What a conformance test looks at: status, headers, bytes."""
+
+    def __init__(self, status: int, headers, body: bytes):
+        self.status = status
+        self.headers = headers  # case-insensitive mapping
+        self.body = body
+
+    def json(self):
+        import json
+
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return f"<Answer {self.status} {self.body[:120]!r}>"
+
+
+class Target:
+    """A deployment under test. ``request`` speaks HTTP to it; ``sql`` and ``storage_dir``
+    let a test check rows and files on disk behind the answers."""
+
+    prefix = "/vimeo/api/v1.0"
+
+    def __init__(self, name: str, db_url: str, storage_dir: str):
+        self.name = name
+        self.db_url = db_url
+        self.storage_dir = storage_dir
+        self._engine = None
+
+    def request(self, method, path, *, headers=None, data=None, files=None, json=None) -> Answer:
+        raise NotImplementedError
+
+    def url(self, path: str) -> str:
+        """Absolute URLs (as the API hands out) and prefixed paths pass unchanged."""
+        return path if path.startswith(("http://", "https://", self.prefix)) else self.prefix + path
+
+    def upload(self, content: bytes = b"hello world\n", filename: str = "hello.txt", *, content_type=None, **fields):
+        """Multipart PUT /file, the original contract."""
+        part = (filename, content, content_type) if content_type else (filename, content)
+        return self.request("PUT", "/file", data={k: str(v) for k, v in fields.items()}, files={"file": part})
+
+    def sql(self, statement: str, **params):
+        if self._engine is None:
+            self._engine = create_engine(self.db_url)
+        with self._engine.begin() as conn:
+            return conn.execute(text(statement), params).fetchall()
+
+    def close(self):
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+class FlaskTarget(Target):
+    """The app in-process through Flask's test client (the embedded delivery)."""
+
+    def __init__(self, name, app):
+        super().__init__(name, app.config["DATABASE_URL"], app.config["STORAGE_DIR"])
+        self.app = app
+        self.client = app.test_client()
+
+    def request(self, method, path, *, headers=None, data=None, files=None, json=None) -> Answer:
+        import io
+
+        form = dict(data or {})
+        for field, part in (files or {}).items():
+            filename, content = part[0], part[1]
+            form[field] = (io.BytesIO(content), filename, *part[2:])
+        kwargs = {"headers": headers or {}}
+        if json is not None:
+            kwargs["json"] = json
+        elif files:
+            kwargs["data"] = form
+            kwargs["content_type"] = "multipart/form-data"
+        elif data is not None:
+            kwargs["data"] = data
+        response = self.client.open(self.url(path), method=method, **kwargs)
+        return Answer(response.status_code, response.headers, response.get_data())
+
+
+class HttpTarget(Target):
+    """A deployment reached over real HTTP (gunicorn, or nginx in front of it)."""
+
+    def __init__(self, name, base: str, db_url: str, storage_dir: str):
+        super().__init__(name, db_url, storage_dir)
+        import requests
+
+        self.base = base
+        self.session = requests.Session()
+
+    def request(self, method, path, *, headers=None, data=None, files=None, json=None) -> Answer:
+        url = self.url(path)
+        url = url if url.startswith("http") else self.base + url
+        response = self.session.request(
+            method, url, headers=headers, data=data, files=files, json=json, allow_redirects=False, timeout=60
+        )
+        return Answer(response.status_code, response.headers, response.content)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, make_app):
+    """The conformance suite's deployment: the embedded app on SQLite and on PostgreSQL."""
+    t = FlaskTarget(request.param, make_app(backend=request.param))
+    yield t
+    t.close()
