@@ -13,7 +13,7 @@ import re
 import unicodedata
 
 from flask import Request, current_app
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, ClientDisconnected
 
 from .storage import UploadFile
 
@@ -23,10 +23,27 @@ _MIME = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]
 
 
 class UploadRequest(Request):
-    """Flask's request, with file parts streamed to the storage filesystem."""
+    """Flask's request, with file parts streamed to the storage filesystem.
+
+    Every upload file it hands out is closed with the request: one that was not placed
+    is removed, even when the parser failed half-way through a part (a client that hung
+    up) and the part never reached ``request.files``.
+    """
+
+    def new_upload(self) -> UploadFile:
+        upload = current_app.extensions["vimeo_storage"].new_upload()
+        self.__dict__.setdefault("_uploads", []).append(upload)
+        return upload
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
-        return current_app.extensions["vimeo_storage"].new_upload()
+        return self.new_upload()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            for upload in self.__dict__.get("_uploads", ()):
+                upload.close()
 
 
 def multipart_file(request: Request) -> tuple[UploadFile, str, str | None]:
@@ -45,9 +62,14 @@ def multipart_file(request: Request) -> tuple[UploadFile, str, str | None]:
 
 def raw_body(request: Request) -> UploadFile:
     """Copy a raw PUT body into an upload file, chunk by chunk."""
-    upload = current_app.extensions["vimeo_storage"].new_upload()
+    upload = request.new_upload()
     try:
         upload.copy_from(request.stream)
+        # gunicorn reports a client that hung up as a plain end of input; werkzeug does
+        # not compare what arrived with Content-Length, so a cut-off body would be
+        # stored as if complete.
+        if request.content_length is not None and upload.size != request.content_length:
+            raise ClientDisconnected("The upload ended before Content-Length bytes arrived.")
     except BaseException:
         upload.close()
         raise
