@@ -94,7 +94,7 @@ def make_app(tmp_path, request):
     for app, name in apps:
         with app.app_context():
             if name == "postgresql":
-                db.session.execute(text("TRUNCATE files, blobs RESTART IDENTITY"))
+                db.session.execute(text("TRUNCATE files, blobs, versions, api_tokens RESTART IDENTITY CASCADE"))
                 db.session.commit()
             db.session.remove()
             db.engine.dispose()
@@ -266,14 +266,13 @@ class FlaskTarget(Target):
     def request(self, method, path, *, headers=None, data=None, files=None, json=None) -> Answer:
         import io
 
-        form = dict(data or {})
-        for field, part in (files or {}).items():
-            filename, content = part[0], part[1]
-            form[field] = (io.BytesIO(content), filename, *part[2:])
         kwargs = {"headers": headers or {}}
         if json is not None:
             kwargs["json"] = json
         elif files:
+            form = dict(data or {})
+            for field, part in files.items():
+                form[field] = (io.BytesIO(part[1]), part[0], *part[2:])
             kwargs["data"] = form
             kwargs["content_type"] = "multipart/form-data"
         elif data is not None:

@@ -48,9 +48,10 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import api
+    from . import api, content
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(content.bp)
 
 
 def register_request_hooks(app: Flask) -> None:

@@ -34,7 +34,8 @@ def downloadable(filehash: str, request: Request) -> File:
         if not security.password_matches(supplied_password(request), file.password_hash):
             raise Unauthorized(
                 "A valid password is required for this file.",
-                www_authenticate=WWWAuthenticate("basic", {"realm": REALM}),
+                # RFC 9110 §11.5: realm is always sent quoted; werkzeug would leave a token bare.
+                www_authenticate=WWWAuthenticate("basic", token=f'realm="{REALM}"'),
             )
     return file
 
@@ -61,3 +62,21 @@ def owned(filehash: str, request: Request) -> File:
 
 def _looks_like_filehash(value: str) -> bool:
     return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
+def owner_or_password(filehash: str, request: Request) -> File:
+    """A file that its owner, or anyone with its password, may act on (token issuing).
+    An owner token that is sent must be right; otherwise the password decides."""
+    file = find_or_404(filehash)
+    token = request.headers.get("X-Owner-Token")
+    if token is not None:
+        if not security.token_matches(token, file.owner_token_hash):
+            raise Forbidden("This owner token does not match the file.")
+    elif file.password_hash is None or not security.password_matches(supplied_password(request), file.password_hash):
+        raise Unauthorized(
+            "Send the owner token in X-Owner-Token, or the file's password.",
+            www_authenticate=WWWAuthenticate("basic", {"realm": REALM}),
+        )
+    if not file.is_available(utcnow()):
+        raise Gone()
+    return file

@@ -16,6 +16,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from flask import Response, current_app, request
+from werkzeug.exceptions import Gone, PreconditionFailed, RequestedRangeNotSatisfiable
 from werkzeug.wsgi import wrap_file
 
 from . import files
@@ -24,6 +25,8 @@ from .http_semantics import (
     RangeDecision,
     Representation,
     content_disposition,
+    evaluate_preconditions,
+    evaluate_range,
     format_etag,
     format_http_date,
     multipart_byteranges,
@@ -34,6 +37,32 @@ from .models import File
 CHUNK = 256 * 1024
 # The internal nginx location that maps the storage's blobs/ directory.
 ACCEL_PREFIX = "/_vimeo_blobs/"
+
+
+def respond(resource, cache_class: str, consume=None) -> Response:
+    """Preconditions, then range, then the bytes, for a resource whose access was decided
+    (a file, or a published version: both have the same descriptive attributes).
+
+    ``consume`` is called for a GET that will send bytes; it uses a download and returns
+    False when none is left (the answer is then 410). 304, 412, 416 and HEAD use none.
+    """
+    rep = representation(resource)
+    verdict = evaluate_preconditions(request.method, request.headers, rep)
+    if verdict == 304:
+        return not_modified(resource, cache_class)
+    if verdict == 412:
+        raise PreconditionFailed("The file does not match the request's preconditions.")
+    decision = evaluate_range(request.method, request.headers, rep)
+    if decision.status == 416:
+        raise RequestedRangeNotSatisfiable(length=resource.size)
+    blob = None
+    if request.method == "GET":
+        blob = open_blob(resource)
+        if consume is not None and not consume(decision):
+            blob.close()
+            raise Gone()
+    # nginx would compare a matching If-Match with its own ETag and answer 412.
+    return send(resource, blob, decision, cache_class, use_accel="If-Match" not in request.headers)
 
 
 def representation(file: File) -> Representation:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, TypeDecorator
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, TypeDecorator
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .extensions import db
@@ -80,6 +80,8 @@ class File(db.Model):
     modified_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     gone_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Bytes handed out by allowed downloads (what was asked for: the range, or all).
+    bytes_served: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     def is_available(self, now: datetime) -> bool:
         """Whether the URL may still serve: not gone, not expired, downloads left."""
@@ -88,3 +90,48 @@ class File(db.Model):
         if self.expires_at is not None and self.expires_at <= now:
             return False
         return not (self.max_downloads and self.downloads >= self.max_downloads)
+
+
+class VersionStatus:
+    PUBLISHED = "published"
+    RETIRED = "retired"
+
+
+class Version(db.Model):
+    """An immutable published copy of a file's content at one moment (SPEC 3.5).
+
+    It uses no downloads and needs no password; it lives until its file is deleted or
+    expires, and holds a reference on the blob so later replacements cannot touch it.
+    """
+
+    __tablename__ = "versions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    version_id: Mapped[str] = mapped_column(String(32), unique=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default=VersionStatus.PUBLISHED, index=True)
+    # The file's Last-Modified when it was published: the version's validator forever.
+    modified_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiToken(db.Model):
+    """An operator's bearer token with scopes, made by ``manage.py tokens create``."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(255))  # space-separated
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    @property
+    def scope_set(self) -> frozenset[str]:
+        return frozenset(self.scopes.split())
