@@ -37,6 +37,26 @@ DEFAULTS: dict[str, object] = {
     "PASSWORD_HASH_METHOD": "scrypt",
     # Celery: no broker means tasks run eagerly in-process (embedded default).
     "BROKER_URL": None,
+    # Seconds a request may wait on the broker (connect, then each reply) when it queues
+    # a deletion after committing. The database already records the intent and the sweep
+    # finishes it, so a broker that is down or hung must cost a download little time.
+    "BROKER_TIMEOUT": 1,
+    # After a failed enqueue a process leaves the broker alone this many seconds (the
+    # sweep does that work meanwhile), so an outage does not slow every request.
+    "BROKER_RETRY_AFTER": 10,
+    # Redis redelivers a message not acknowledged within this many seconds: that is how
+    # the deletion of a worker killed mid-task completes. A release task waits out its
+    # countdown unacknowledged, so this must exceed DELETE_GRACE_SECONDS plus the longest
+    # task run, or live workers get duplicates. None: DELETE_GRACE_SECONDS + 300.
+    "BROKER_VISIBILITY_TIMEOUT": None,
+    # Tests only: seconds release_blob_task waits between deleting a blob's row and
+    # unlinking its bytes, so a test can kill a worker inside a deletion. Keep it 0.
+    "TEST_RELEASE_DELAY": 0,
+    # Signed download tokens: a list of keys, the first signs and all verify. Empty: a
+    # random key generated once in the instance folder (set real keys in production).
+    "TOKEN_SIGNING_KEYS": [],
+    "TOKEN_DEFAULT_EXPIRES_IN": 300,
+    "TOKEN_MAX_EXPIRES_IN": 86400,
     "CACHE_TYPE": "SimpleCache",
     "CACHE_REDIS_URL": None,
     "LOG_LEVEL": "INFO",
@@ -74,17 +94,50 @@ def _derive(app) -> None:
     # goes to our own stream (see uploads.py), never to memory.
     cfg.setdefault("MAX_FORM_MEMORY_SIZE", 64 * 1024)
     cfg.setdefault("JSON_SORT_KEYS", False)
+    cfg["CELERY"] = celery_settings(cfg)
+
+
+def celery_settings(cfg) -> dict:
+    """Celery's settings, derived from the project's (``CELERY_OVERRIDES`` wins)."""
     broker = cfg["BROKER_URL"]
-    cfg["CELERY"] = {
+    timeout = float(cfg["BROKER_TIMEOUT"])
+    settings = {
         "broker_url": broker or "memory://",
         "task_always_eager": not broker,
         "task_eager_propagates": True,
         "task_ignore_result": True,
         "task_acks_late": True,
+        # A pool process killed mid-task requeues its message instead of acking it.
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "broker_connection_timeout": 2,
+        "broker_connection_timeout": timeout,
         "broker_connection_retry_on_startup": True,
+        # A worker waits for the broker however long an outage lasts (Celery gives up
+        # after 100 attempts by default and the worker exits).
+        "broker_connection_max_retries": None,
+        # Publishing retries once, quickly: the caller is a request (see BROKER_TIMEOUT).
+        "task_publish_retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
         "timezone": "UTC",
-        **(cfg.get("CELERY_OVERRIDES") or {}),
     }
+    if broker and broker.startswith(("redis://", "rediss://", "redis+socket://")):
+        visibility = cfg["BROKER_VISIBILITY_TIMEOUT"]
+        if visibility is None:
+            visibility = int(cfg["DELETE_GRACE_SECONDS"]) + 300
+        settings["broker_transport_options"] = {
+            "visibility_timeout": visibility,
+            # How often a worker looks for messages a dead worker left unacknowledged;
+            # kombu's default scans every 10 × 10 s, long beside a short visibility timeout.
+            "unacked_restore_interval": max(1, min(10, int(visibility) // 4)),
+            "unacked_restore_throttle": 1,
+            # Without socket timeouts a hung Redis (accepting, never answering) blocks a
+            # publish, and so the request making it, forever.
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            # Bounds the reconnection kombu attempts before each publish (default: forever).
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        }
+    settings.update(cfg.get("CELERY_OVERRIDES") or {})
+    return settings
