@@ -48,10 +48,11 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import api, content
+    from . import api, content, operators
 
     app.register_blueprint(api.bp)
     app.register_blueprint(content.bp)
+    app.register_blueprint(operators.bp)
 
 
 def register_request_hooks(app: Flask) -> None:
@@ -68,9 +69,10 @@ def register_request_hooks(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from .cli import files_cli
+    from .cli import files_cli, tokens_cli
 
     app.cli.add_command(files_cli)
+    app.cli.add_command(tokens_cli)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
