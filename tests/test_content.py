@@ -1,0 +1,156 @@
+"""Conformance: published versions and signed tokens (SPEC 3.5, 3.6), on every target."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+TOKEN_CLASS = "private, no-store, no-cache, must-revalidate"
+
+
+def _owner(up):
+    return {"X-Owner-Token": up["owner_token"]}
+
+
+def _blob_files(target) -> list[Path]:
+    return [p for p in Path(target.storage_dir, "blobs").rglob("*") if p.is_file()]
+
+
+def test_a_published_version_keeps_its_bytes_after_the_file_is_replaced(target):
+    up = target.upload(b"first content", "doc.txt", max_downloads=0, password="pw").json()
+    published = target.request("POST", f"/file/{up['filehash']}/versions", headers=_owner(up))
+    assert published.status == 201
+    body = published.json()
+    assert set(body) == {"version_id", "url", "etag"}
+    assert len(body["version_id"]) == 32
+    assert body["etag"] == up["etag"]
+    assert body["url"].endswith(f"/vimeo/api/v1.0/v/{body['version_id']}")
+
+    replaced = target.request(
+        "PUT", f"/file/{up['filehash']}", headers={**_owner(up), "Content-Type": "text/plain"}, data=b"second content"
+    )
+    assert replaced.status == 200
+    old = target.request("GET", body["url"])  # no password needed
+    assert old.status == 200
+    assert old.body == b"first content"
+    assert old.headers["ETag"] == up["etag"]
+    assert old.headers["Cache-Control"] == IMMUTABLE
+    assert old.headers["Content-Length"] == str(len(b"first content"))
+    new = target.request("GET", f"/file/{up['filehash']}", headers={"X-Password": "pw"})
+    assert new.body == b"second content"
+    assert new.headers["ETag"] != up["etag"]
+    # versions use no downloads
+    assert target.sql("select downloads from files")[0][0] == 1
+
+
+def test_a_version_answers_conditional_and_range_requests(target):
+    up = target.upload(b"0123456789abcdef", "v.bin", max_downloads=1).json()
+    url = target.request("POST", f"/file/{up['filehash']}/versions", headers=_owner(up)).json()["url"]
+    assert target.request("GET", url, headers={"If-None-Match": up["etag"]}).status == 304
+    part = target.request("GET", url, headers={"Range": "bytes=2-5"})
+    assert part.status == 206
+    assert part.body == b"2345"
+    assert part.headers["Content-Range"] == "bytes 2-5/16"
+    head = target.request("HEAD", url)
+    assert head.status == 200 and head.body == b""
+    assert head.headers["Cache-Control"] == IMMUTABLE
+    # the one-time file itself is still unused: versions never consume downloads
+    assert target.request("GET", f"/file/{up['filehash']}").status == 200
+    assert target.request("GET", url).status == 200
+
+
+def test_deleting_the_file_retires_its_versions(target):
+    up = target.upload(b"soon gone", "g.txt", max_downloads=0).json()
+    url = target.request("POST", f"/file/{up['filehash']}/versions", headers=_owner(up)).json()["url"]
+    assert target.request("DELETE", f"/file/{up['filehash']}", headers=_owner(up)).status == 202
+    gone = target.request("GET", url)
+    assert gone.status == 410
+    assert gone.json()["error"] == "Gone"
+
+
+def test_publishing_needs_the_owner(target):
+    up = target.upload(b"x", "x.txt").json()
+    assert target.request("POST", f"/file/{up['filehash']}/versions").status == 401
+    assert target.request("POST", f"/file/{up['filehash']}/versions", headers={"X-Owner-Token": "nope"}).status == 403
+    assert target.request("POST", f"/file/{'0' * 32}/versions", headers=_owner(up)).status == 404
+    assert target.request("GET", "/v/" + "0" * 32).status == 404
+
+
+def test_identical_bytes_are_stored_once_and_outlive_one_deletion(target):
+    content = os.urandom(2048)
+    a = target.upload(content, "a.bin", max_downloads=0).json()
+    b = target.upload(content, "b.bin", max_downloads=0).json()
+    assert a["sha256"] == b["sha256"]
+    assert len(_blob_files(target)) == 1
+    assert target.sql("select refcount from blobs")[0][0] == 2
+    assert target.request("DELETE", f"/file/{a['filehash']}", headers=_owner(a)).status == 202
+    still = target.request("GET", f"/file/{b['filehash']}")
+    assert still.status == 200
+    assert still.body == content
+    assert len(_blob_files(target)) == 1
+
+
+def test_a_token_url_serves_the_file_until_it_expires(target):
+    up = target.upload(b"token me", "t.txt", max_downloads=0).json()
+    issued = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up), json={"expires_in": 60})
+    assert issued.status == 201
+    body = issued.json()
+    assert set(body) == {"token", "url", "expires_at"}
+    assert body["url"].endswith("/vimeo/api/v1.0/t/" + body["token"])
+    got = target.request("GET", body["url"])
+    assert got.status == 200
+    assert got.body == b"token me"
+    assert got.headers["Cache-Control"] == TOKEN_CLASS
+    assert target.request("HEAD", body["url"]).status == 200
+
+
+def test_tokens_use_downloads_like_any_other(target):
+    up = target.upload(b"once", "once.txt", max_downloads=1).json()
+    url = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up)).json()["url"]
+    assert target.request("GET", url).status == 200
+    assert target.request("GET", url).status == 410
+    assert target.request("GET", f"/file/{up['filehash']}").status == 410
+
+
+def test_a_tampered_token_is_401_and_an_expired_one_403(target):
+    up = target.upload(b"t", "t.txt", max_downloads=0).json()
+    token = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up)).json()["token"]
+    tampered = token[:-1] + ("A" if token[-1] != "A" else "B")
+    r = target.request("GET", "/t/" + tampered)
+    assert r.status == 401
+    assert r.json()["error"] == "Unauthorized"
+    # a token that expired: issued for 1 s, then let lapse
+    short = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up), json={"expires_in": 1})
+    time.sleep(1.1)
+    r = target.request("GET", short.json()["url"])
+    assert r.status == 403
+    assert r.json()["error"] == "Forbidden"
+
+
+def test_a_token_for_a_deleted_file_is_410(target):
+    up = target.upload(b"t", "t.txt", max_downloads=0).json()
+    url = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up)).json()["url"]
+    target.request("DELETE", f"/file/{up['filehash']}", headers=_owner(up))
+    assert target.request("GET", url).status == 410
+
+
+def test_the_password_may_issue_tokens_too(target):
+    up = target.upload(b"p", "p.txt", password="open sesame").json()
+    assert target.request("POST", f"/file/{up['filehash']}/tokens").status == 401
+    assert target.request("POST", f"/file/{up['filehash']}/tokens", headers={"X-Password": "wrong"}).status == 401
+    ok = target.request("POST", f"/file/{up['filehash']}/tokens", headers={"X-Password": "open sesame"})
+    assert ok.status == 201
+    # the token grants the download without the password
+    assert target.request("GET", ok.json()["url"]).status == 200
+
+
+@pytest.mark.parametrize("body", [{"expires_in": 0}, {"expires_in": "60"}, {"expires_in": 10**9}, ["x"]])
+def test_bad_token_requests_are_400(target, body):
+    up = target.upload(b"t", "t.txt").json()
+    r = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up), json=body)
+    assert r.status == 400
+    assert r.json()["error"] == "Bad Request"
