@@ -80,3 +80,21 @@ def owner_or_password(filehash: str, request: Request) -> File:
     if not file.is_available(utcnow()):
         raise Gone()
     return file
+
+
+def deletable(filehash: str, request: Request) -> File:
+    """DELETE: an operator bearer token with ``files:write`` may remove any file;
+    anyone else needs the file's owner token (``owned``)."""
+    from .operators import bearer_token
+
+    if request.headers.get("Authorization", "").lower().startswith("bearer "):
+        token = bearer_token(request)
+        if token is None:
+            raise Unauthorized("This operator token is not valid.")
+        if "files:write" not in token.scope_set:
+            raise Forbidden("This token lacks the files:write scope.")
+        file = find_or_404(filehash)
+        if not file.is_available(utcnow()):
+            raise Gone()
+        return file
+    return owned(filehash, request)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
-from werkzeug.exceptions import BadRequest, Gone, PreconditionFailed, RequestedRangeNotSatisfiable
+from werkzeug.exceptions import BadRequest, Gone, PreconditionFailed
 
-from . import access, delivery, files
-from .http_semantics import cache_class, evaluate_preconditions, evaluate_range, format_etag
-from .models import File, utcnow
+from . import access, delivery, files, versions
+from .http_semantics import cache_class, evaluate_preconditions, format_etag
+from .models import File, GoneReason, utcnow
 from .uploads import clean_filename, content_type_for, multipart_file, raw_body
 
 PREFIX = "/vimeo/api/v1.0"
@@ -27,7 +27,8 @@ def upload_multipart():
 
 
 @bp.put("/upload/", defaults={"filename": None})
-@bp.put("/upload", defaults={"filename": None})
+# Its own endpoint: werkzeug redirects (308) between rules of one endpoint that share defaults.
+@bp.put("/upload", defaults={"filename": None}, endpoint="upload_raw_bare")
 @bp.put("/upload/<filename>")
 def upload_raw(filename):
     """Raw body upload: ``curl -T x .../upload/`` (curl appends the file's name)."""
@@ -42,35 +43,23 @@ def upload_raw(filename):
 
 @bp.route("/file/<filehash>", methods=["GET", "HEAD"])
 def download(filehash):
-    """Access check → HTTP preconditions → the bytes (or 304/412/416)."""
+    """Access check (404 → 410 → 401), then preconditions, range and the bytes."""
     file = access.downloadable(filehash, request)
     klass = cache_class(max_downloads=file.max_downloads, has_password=file.password_hash is not None)
-    rep = delivery.representation(file)
-    verdict = evaluate_preconditions(request.method, request.headers, rep)
-    if verdict == 304:
-        return delivery.not_modified(file, klass)
-    if verdict == 412:
-        raise PreconditionFailed("The file does not match the request's preconditions.")
-    decision = evaluate_range(request.method, request.headers, rep)
-    if decision.status == 416:
-        raise RequestedRangeNotSatisfiable(length=file.size)
-    blob = None
-    if request.method == "GET":
-        blob = delivery.open_blob(file)
-        if not files.consume_download(file.id):
-            blob.close()
-            raise Gone()
-    # nginx would compare a matching If-Match with its own ETag and answer 412.
-    return delivery.send(file, blob, decision, klass, use_accel="If-Match" not in request.headers)
+    return delivery.respond(
+        file, klass, consume=lambda nbytes: files.consume_download(file.id, nbytes, file.sha256)
+    )
 
 
 # -- manage -------------------------------------------------------------------------
 
 @bp.delete("/file/<filehash>")
 def delete_file(filehash):
-    file = access.owned(filehash, request)
-    if not files.mark_gone(file.id, "deleted"):
+    """Its owner, or an operator with ``files:write``: 410 at once, bytes go later."""
+    file = access.deletable(filehash, request)
+    if not files.mark_gone(file.id, GoneReason.DELETED):
         raise Gone()
+    versions.retire_for_files([file.id])
     return jsonify(status="File Deletion Scheduled"), 202
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, jsonify, request
@@ -52,7 +53,7 @@ def issue_token(filehash):
         raise BadRequest("expires_in must be a whole number of seconds >= 1.")
     if expires_in > cfg["TOKEN_MAX_EXPIRES_IN"]:
         raise BadRequest(f"expires_in is more than the maximum of {cfg['TOKEN_MAX_EXPIRES_IN']} seconds.")
-    expires_at = int(utcnow().timestamp()) + expires_in
+    expires_at = math.ceil(utcnow().timestamp()) + expires_in
     token = signing.issue(file.filehash, expires_at)
     url = f"{cfg['PUBLIC_URL']}{PREFIX}/t/{token}"
     response = jsonify(
@@ -80,5 +81,5 @@ def download_with_token(token):
     return delivery.respond(
         file,
         cache_class(max_downloads=file.max_downloads, has_password=False, token=True),
-        consume=lambda decision: files.consume_download(file.id),
+        consume=lambda nbytes: files.consume_download(file.id, nbytes, file.sha256),
     )

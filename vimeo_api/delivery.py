@@ -13,6 +13,7 @@ travel under private ``X-File-*`` names that the internal location re-adds
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 from flask import Response, current_app, request
@@ -43,8 +44,9 @@ def respond(resource, cache_class: str, consume=None) -> Response:
     """Preconditions, then range, then the bytes, for a resource whose access was decided
     (a file, or a published version: both have the same descriptive attributes).
 
-    ``consume`` is called for a GET that will send bytes; it uses a download and returns
-    False when none is left (the answer is then 410). 304, 412, 416 and HEAD use none.
+    ``consume(nbytes)`` is called for a GET that will send bytes; it uses a download and
+    returns False when none is left (the answer is then 410). 304, 412, 416 and HEAD use
+    none.
     """
     rep = representation(resource)
     verdict = evaluate_preconditions(request.method, request.headers, rep)
@@ -58,11 +60,32 @@ def respond(resource, cache_class: str, consume=None) -> Response:
     blob = None
     if request.method == "GET":
         blob = open_blob(resource)
-        if consume is not None and not consume(decision):
+        nbytes = sum(stop - start for start, stop in decision.ranges) if decision.status == 206 else resource.size
+        if consume is not None and not consume(nbytes):
             blob.close()
             raise Gone()
-    # nginx would compare a matching If-Match with its own ETag and answer 412.
-    return send(resource, blob, decision, cache_class, use_accel="If-Match" not in request.headers)
+    return send(resource, blob, decision, cache_class, use_accel=nginx_agrees(request.headers, decision))
+
+
+# One plain byte range, as media players send: nginx parses it exactly as we do.
+_PLAIN_RANGE = re.compile(r"^bytes=(\d{1,18}-\d{0,18}|-\d{1,18})$")
+
+
+def nginx_agrees(headers, decision: RangeDecision) -> bool:
+    """Whether nginx, given the same request, answers exactly what the app decided.
+
+    Not for a matching If-Match (nginx compares it with its own ETag and answers 412), nor
+    for a Range that is not one plain range: nginx parses lists, spaces and malformed
+    values its own way (416 where RFC 9110 says ignore, no merging of ranges), so the app
+    sends those answers itself.
+    """
+    if "If-Match" in headers:
+        return False
+    value = headers.get("Range")
+    if value is None:
+        return True
+    # A plain range the app honoured; one it ignored (such as bytes=9-0) nginx would 416.
+    return decision.status == 206 and _PLAIN_RANGE.match(value) is not None
 
 
 def representation(file: File) -> Representation:

@@ -39,6 +39,7 @@ MESSAGES = {
     405: "This method is not allowed here; see the Allow header.",
     410: "This file is no longer available.",
     413: "The upload is larger than the configured maximum.",
+    416: "No part of the requested range is within the file; see Content-Range.",
     500: "The server failed to answer this request.",
 }
 
