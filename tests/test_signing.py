@@ -24,13 +24,25 @@ def test_a_token_names_its_file(app):
     assert _verify(app, ["k1"], token) == "a" * 32
 
 
-@pytest.mark.parametrize("position", [0, 10, -1])
-def test_one_changed_character_is_invalid(app, position):
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def test_every_one_character_change_is_invalid(app):
+    """Each position, each other character of the alphabet (the last character of the
+    signature once slipped through: its 2 padding bits are ignored by base64 decoding)."""
     token = _issue(app, ["k1"])
-    chars = list(token)
-    chars[position] = "A" if chars[position] != "A" else "B"
-    with pytest.raises(signing.TokenInvalid):
-        _verify(app, ["k1"], "".join(chars))
+    accepted = []
+    for position in range(len(token)):
+        for ch in ALPHABET + ".":
+            if ch == token[position]:
+                continue
+            changed = token[:position] + ch + token[position + 1 :]
+            try:
+                _verify(app, ["k1"], changed)
+                accepted.append(changed)
+            except signing.TokenInvalid:
+                pass
+    assert accepted == []
 
 
 def test_an_expired_token_is_expired_not_invalid(app):

@@ -16,6 +16,7 @@ import time
 
 from flask import current_app
 from itsdangerous import BadSignature, URLSafeSerializer
+from itsdangerous.encoding import base64_decode, base64_encode
 
 SALT = "vimeo_api.download-token"
 
@@ -67,6 +68,12 @@ def verify(token: str) -> str:
     """The filehash a token grants, or TokenInvalid / TokenExpired."""
     try:
         payload = _serializer().loads(token)
+        # The last base64 character of a 32-byte signature carries 2 padding bits that
+        # decoding ignores, so a token with that character changed would still verify.
+        # A token is valid only in its canonical spelling.
+        signature = token.rsplit(".", 1)[-1]
+        if base64_encode(base64_decode(signature)).decode() != signature:
+            raise BadSignature("non-canonical signature encoding")
     except BadSignature:
         raise TokenInvalid() from None
     if not isinstance(payload, dict) or not isinstance(payload.get("f"), str) or not isinstance(payload.get("e"), int):
