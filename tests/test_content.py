@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -125,7 +126,9 @@ def test_a_tampered_token_is_401_and_an_expired_one_403(target):
     assert r.json()["error"] == "Unauthorized"
     # a token that expired: issued for 1 s, then let lapse
     short = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up), json={"expires_in": 1})
-    time.sleep(1.1)
+    expires_at = datetime.strptime(short.json()["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    assert 0 < (expires_at - datetime.now(timezone.utc)).total_seconds() <= 2
+    time.sleep((expires_at - datetime.now(timezone.utc)).total_seconds() + 0.05)
     r = target.request("GET", short.json()["url"])
     assert r.status == 403
     assert r.json()["error"] == "Forbidden"

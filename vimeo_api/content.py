@@ -53,7 +53,7 @@ def issue_token(filehash):
         raise BadRequest("expires_in must be a whole number of seconds >= 1.")
     if expires_in > cfg["TOKEN_MAX_EXPIRES_IN"]:
         raise BadRequest(f"expires_in is more than the maximum of {cfg['TOKEN_MAX_EXPIRES_IN']} seconds.")
-    expires_at = math.ceil(utcnow().timestamp()) + expires_in
+    expires_at = math.ceil(utcnow().timestamp() + expires_in)
     token = signing.issue(file.filehash, expires_at)
     url = f"{cfg['PUBLIC_URL']}{PREFIX}/t/{token}"
     response = jsonify(
