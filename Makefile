@@ -1,12 +1,14 @@
 # The two commands: `make run` (the API on the embedded default, http://127.0.0.1:8000)
 # and `make test` (every test, against real PostgreSQL, Redis, nginx and Celery).
+# `make stack` runs the production shape locally: nginx on http://127.0.0.1:8080 in
+# front of gunicorn, a Celery worker and beat, on the running PostgreSQL and Redis.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test venv services migrate clean bench
+.PHONY: run test venv services nginx stack migrate clean bench bench-downloads bench-upload-offload
 
 venv: $(STAMP)
 
@@ -25,11 +27,27 @@ run: venv migrate
 services:
 	bash scripts/ensure-services
 
-test: venv services
+# nginx is a real component of the tests and the stack: installed when missing, never skipped.
+nginx:
+	bash scripts/install-nginx
+
+stack: venv services nginx
+	$(BIN)/python -m deploy.stack
+
+test: venv services nginx
 	$(BIN)/python -m pytest
 
 bench: venv services
 	$(BIN)/python bench/upload_memory.py
+
+# Downloads on loopback with wrk: raw nginx static, the stack's X-Accel, the app itself.
+bench-downloads: venv services
+	bash scripts/install-nginx wrk
+	$(BIN)/python bench/downloads.py
+
+# A 1 GiB raw upload through nginx with the body offload, against dd.
+bench-upload-offload: venv services nginx
+	$(BIN)/python bench/upload_offload.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

@@ -13,6 +13,15 @@ accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)ss %({x-request-id}o)s'
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+# Which peers may set X-Forwarded-* (nginx, on loopback in the stack).
+forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+# gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl):
+# the stack, the tests and the benchmarks run several gunicorns at once, which would fight
+# over it. Off unless a path is given.
+if os.environ.get("GUNICORN_CONTROL_SOCKET"):
+    control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
+else:
+    control_socket_disable = True
 
 
 def post_worker_init(worker):
@@ -20,3 +29,24 @@ def post_worker_init(worker):
     from vimeo_api.sweep import start_embedded_sweeper
 
     start_embedded_sweeper(worker.wsgi)
+
+
+# Prometheus multiprocess mode (vimeo_api/health.py): with PROMETHEUS_MULTIPROC_DIR set,
+# every worker writes its metrics to files there and /metrics adds them up.
+def on_starting(server):
+    """Start from an empty metrics directory: files left by an earlier run would be
+    added to this one's counts."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(directory, name))
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges must not be reported (its counters are kept)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -23,6 +23,9 @@ from sqlalchemy import create_engine, text
 from vimeo_api import create_app
 from vimeo_api.extensions import db
 
+# The "stack" target's fixtures (real nginx and gunicorn, started once per session).
+from stack.harness import nginx_stack, stack_target  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("VIMEO_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 FAST_PASSWORD_HASH = "pbkdf2:sha256:1000"  # the slow default is exercised in test_security.py
@@ -248,7 +251,8 @@ class Target:
         if self._engine is None:
             self._engine = create_engine(self.db_url)
         with self._engine.begin() as conn:
-            return conn.execute(text(statement), params).fetchall()
+            result = conn.execute(text(statement), params)
+            return result.fetchall() if result.returns_rows else result.rowcount
 
     def close(self):
         if self._engine is not None:
@@ -300,9 +304,13 @@ class HttpTarget(Target):
         return Answer(response.status_code, response.headers, response.content)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "stack"])
 def target(request, make_app):
-    """The conformance suite's deployment: the embedded app on SQLite and on PostgreSQL."""
-    t = FlaskTarget(request.param, make_app(backend=request.param))
+    """The conformance suite's deployment: the embedded app on SQLite and on PostgreSQL,
+    and the stack, nginx (X-Accel, upload offload) in front of gunicorn on PostgreSQL."""
+    if request.param == "stack":
+        t = request.getfixturevalue("stack_target")  # tests/stack/harness.py
+    else:
+        t = FlaskTarget(request.param, make_app(backend=request.param))
     yield t
     t.close()

@@ -67,7 +67,9 @@ def test_upload_cut_off_by_the_client_leaves_no_row_and_no_file(gunicorn_server,
     ):
         with socket.create_connection((host, int(port))) as sock:
             sock.sendall(request_head.encode() + os.urandom(100 * 1024))
-            time.sleep(0.3)  # let the worker stream part of it to disk
+            deadline = time.monotonic() + 10  # the worker streams part of it to disk
+            while time.monotonic() < deadline and not any(p.parent.name == "tmp" for p in _stored_files(storage)):
+                time.sleep(0.05)
             assert any(p.parent.name == "tmp" for p in _stored_files(storage)), "upload never reached disk"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and _stored_files(storage):

@@ -38,6 +38,9 @@ from .models import File
 CHUNK = 256 * 1024
 # The internal nginx location that maps the storage's blobs/ directory.
 ACCEL_PREFIX = "/_vimeo_blobs/"
+# The same blobs, where nginx ignores Range (max_ranges 0): for whole-file answers to a
+# request that has a Range the app did not honour.
+ACCEL_WHOLE_PREFIX = "/_vimeo_whole/"
 
 
 def respond(resource, cache_class: str, consume=None) -> Response:
@@ -82,10 +85,11 @@ def nginx_agrees(headers, decision: RangeDecision) -> bool:
     if "If-Match" in headers:
         return False
     value = headers.get("Range")
-    if value is None:
+    if value is None or decision.status == 200:
+        # A Range the app ignored (malformed, If-Range not holding, too many ranges) goes
+        # to nginx's /_vimeo_whole/, where nginx ignores it too: see send().
         return True
-    # A plain range the app honoured; one it ignored (such as bytes=9-0) nginx would 416.
-    return decision.status == 206 and _PLAIN_RANGE.match(value) is not None
+    return _PLAIN_RANGE.match(value) is not None
 
 
 def representation(file: File) -> Representation:
@@ -131,7 +135,7 @@ def send(file: File, blob, decision: RangeDecision, cache_class: str, *, use_acc
     """
     if blob is not None and use_accel and current_app.config["DELIVERY"] == "accel":
         blob.close()
-        return accel_redirect(file, cache_class)
+        return accel_redirect(file, cache_class, whole=decision.status == 200 and "Range" in request.headers)
     headers = content_headers(file, cache_class)
     if decision.status == 206 and len(decision.ranges) > 1:
         return _multipart(file, blob, decision, headers)
@@ -146,10 +150,12 @@ def send(file: File, blob, decision: RangeDecision, cache_class: str, *, use_acc
     return Response(body, status=200, headers=headers, direct_passthrough=True)
 
 
-def accel_redirect(file: File, cache_class: str) -> Response:
-    """Hand the transfer to nginx. nginx answers Range itself (206, multipart, 416)
-    against the same size the app checked, and re-adds the validators below."""
-    path = ACCEL_PREFIX + files.storage().relative_path(file.sha256).split("/", 1)[1]
+def accel_redirect(file: File, cache_class: str, *, whole: bool = False) -> Response:
+    """Hand the transfer to nginx. nginx answers a plain Range itself against the same
+    size the app checked, and re-adds the validators below. ``whole``: the app decided on
+    the whole file although the request has a Range (nginx.conf's /_vimeo_whole/)."""
+    prefix = ACCEL_WHOLE_PREFIX if whole else ACCEL_PREFIX
+    path = prefix + files.storage().relative_path(file.sha256).split("/", 1)[1]
     validators = validator_headers(file, cache_class)
     headers = {
         # nginx percent-decodes this value and cuts it at "?": encode it.

@@ -1,0 +1,360 @@
+"""The stack (SPEC 2): nginx in front of gunicorn, a Celery worker and beat, on loopback.
+
+``python -m deploy.stack`` (what ``make stack`` runs) renders ``nginx.conf`` into
+``var/stack/``, creates the PostgreSQL database if it is missing, runs the migrations,
+then starts gunicorn (X-Accel delivery, raw-upload offload), the Celery worker, Celery
+beat and nginx in the foreground. Ctrl-C or SIGTERM stops everything it started; if one
+of them dies, the others are stopped too. ``python -m deploy.stack render`` only prints
+the rendered nginx.conf (for /etc/nginx with the systemd units in deploy/).
+
+Settings come from the environment (a ``.env`` file works): every ``VIMEO_*`` setting of
+the app, plus ``VIMEO_STACK_HOST``/``VIMEO_STACK_PORT`` (nginx, default 127.0.0.1:8080),
+``VIMEO_STACK_APP_PORT`` (gunicorn, default 8001) and ``VIMEO_STACK_DIR`` (default
+``var/stack``). The tests and the benchmarks start nginx and gunicorn through the same
+functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "nginx.conf"
+MiB = 1024 * 1024
+# Where nginx's raw-upload body files go, below the storage directory (same filesystem
+# as the blobs, so the app renames them into place). vimeo_api/offload.py checks it.
+BODY_DIR = "nginx-body"
+
+
+class NginxTemplate(string.Template):
+    """``@{name}`` placeholders: nginx uses ``$name`` for its variables, and ``@name``
+    (no braces) for named locations, which stay untouched."""
+
+    delimiter = "@"
+    pattern = r"""@(?:(?P<escaped>@)|\{(?P<braced>[a-z_][a-z0-9_]*)\}|(?P<named>(?!))|(?P<invalid>(?!)))"""
+
+
+@dataclass
+class NginxSettings:
+    """What differs between one rendering of nginx.conf and another."""
+
+    listen: str  # "127.0.0.1:8080"
+    app_address: str  # gunicorn: "127.0.0.1:8001" or "unix:/path/to.sock"
+    storage_dir: str  # the app's STORAGE_DIR
+    runtime_dir: str  # pid file and nginx's temporary files
+    log_dir: str | None = None  # access.log and error.log; default: runtime_dir
+    pid_file: str | None = None  # default: <runtime_dir>/nginx.pid
+    max_body_size: int = 16 * MiB  # the app's MAX_UPLOAD_SIZE
+    # nginx's worker user: the user gunicorn runs as, so the app can read and rename
+    # the 0600 body files nginx writes. None: the user running this (root included).
+    user: str | None = None
+    worker_processes: str = "auto"
+    error_log_level: str = "crit"
+    extra_locations: str = ""  # more location blocks (the benchmark's /static/)
+
+    def user_directive(self) -> str:
+        if self.user:
+            return f"user {self.user};"
+        if os.geteuid() == 0:
+            # The master runs as root and would drop its workers to "nobody", who could
+            # neither read the storage nor hand body files to gunicorn (running as us).
+            name = pwd.getpwuid(os.geteuid()).pw_name
+            group = grp.getgrgid(os.getegid()).gr_name
+            return f"user {name} {group};"
+        return "# user: not root, so nginx's workers run as the same user as gunicorn."
+
+
+def render_nginx(settings: NginxSettings) -> str:
+    values = {
+        "user_directive": settings.user_directive(),
+        "worker_processes": settings.worker_processes,
+        "runtime_dir": os.path.abspath(settings.runtime_dir),
+        "log_dir": os.path.abspath(settings.log_dir or settings.runtime_dir),
+        "pid_file": os.path.abspath(settings.pid_file or os.path.join(settings.runtime_dir, "nginx.pid")),
+        "error_log_level": settings.error_log_level,
+        "listen": settings.listen,
+        "app_address": settings.app_address,
+        "storage_dir": os.path.abspath(settings.storage_dir),
+        "max_body_size": str(int(settings.max_body_size)),
+        "extra_locations": settings.extra_locations,
+    }
+    for name in ("runtime_dir", "log_dir", "pid_file", "storage_dir"):
+        # nginx would read a space or ';' as the end of the path.
+        if any(ch in values[name] for ch in " ;'\"{}$#\n"):
+            raise ValueError(f"{name} cannot be used in nginx.conf: {values[name]!r}")
+    return NginxTemplate(TEMPLATE.read_text()).substitute(values)
+
+
+def write_nginx_conf(settings: NginxSettings) -> Path:
+    """Render into ``<runtime_dir>/nginx.conf`` and create the directories it names."""
+    runtime = Path(settings.runtime_dir)
+    runtime.mkdir(parents=True, exist_ok=True)
+    Path(settings.log_dir or runtime).mkdir(parents=True, exist_ok=True)
+    Path(settings.storage_dir, "blobs").mkdir(parents=True, exist_ok=True)
+    path = runtime / "nginx.conf"
+    path.write_text(render_nginx(settings))
+    return path
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+    if not found:
+        raise RuntimeError("nginx is not installed: run scripts/install-nginx (make stack and make test do)")
+    return found
+
+
+def nginx_command(conf: Path, settings: NginxSettings) -> list[str]:
+    """nginx in the foreground on a rendered config; ``-e`` keeps even the messages of
+    the start-up (before the config is read) out of the package's /var/log/nginx."""
+    log_dir = os.path.abspath(settings.log_dir or settings.runtime_dir)
+    return [
+        nginx_binary(), "-p", os.path.abspath(settings.runtime_dir), "-c", str(conf),
+        "-e", os.path.join(log_dir, "error.log"), "-g", "daemon off;",
+    ]
+
+
+def check_nginx_conf(conf: Path, settings: NginxSettings) -> None:
+    cmd = nginx_command(conf, settings)
+    result = subprocess.run(cmd[:-2] + ["-t", "-q"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"nginx rejects {conf}:\n{result.stderr}")
+
+
+def gunicorn_command() -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "vimeo_api.wsgi:app"]
+
+
+def spawn(cmd: list[str], env: dict[str, str], log_path: str | Path | None = None) -> subprocess.Popen:
+    """Start a process in its own session (so ``stop`` reaches everything it forks),
+    its output appended to ``log_path`` (inherited when None)."""
+    out = open(log_path, "ab") if log_path else None
+    try:
+        return subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
+    finally:
+        if out:
+            out.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_for_http(url: str, timeout: float = 30.0, procs=()) -> None:
+    """Until ``url`` answers anything at all (an HTTP error is an answer)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} while starting")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+    """Stop a process started with ``start_new_session`` and everything it forked."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+# -- make stack -------------------------------------------------------------------------
+
+def stack_environment(base: dict[str, str]) -> dict[str, str]:
+    """The environment every process of the local stack gets."""
+    env = dict(base)
+    stack_dir = Path(env.get("VIMEO_STACK_DIR", ROOT / "var" / "stack")).resolve()
+    host = env.get("VIMEO_STACK_HOST", "127.0.0.1")
+    port = env.get("VIMEO_STACK_PORT", "8080")
+    env.setdefault("VIMEO_STACK_DIR", str(stack_dir))
+    env.setdefault("VIMEO_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/vimeo")
+    env.setdefault("VIMEO_STORAGE_DIR", str(stack_dir / "storage"))
+    env.setdefault("VIMEO_PUBLIC_URL", f"http://{host}:{port}")
+    env.setdefault("VIMEO_BROKER_URL", "redis://127.0.0.1:6379/0")
+    env.setdefault("VIMEO_CACHE_TYPE", "RedisCache")
+    env.setdefault("VIMEO_CACHE_REDIS_URL", "redis://127.0.0.1:6379/1")
+    # Rate limits counted in Redis, shared by every gunicorn worker (vimeo_api/limits.py).
+    env.setdefault("VIMEO_RATELIMIT_STORAGE_URI", "redis://127.0.0.1:6379/2")
+    # nginx is the one proxy whose X-Forwarded-For (it sets $remote_addr) gives the client.
+    env.setdefault("VIMEO_TRUSTED_PROXY_COUNT", "1")
+    # What makes it the stack: nginx sends the bytes and writes raw upload bodies.
+    env["VIMEO_DELIVERY"] = "accel"
+    env["VIMEO_UPLOAD_OFFLOAD"] = "1"
+    env.setdefault("GUNICORN_BIND", f"127.0.0.1:{env.get('VIMEO_STACK_APP_PORT', '8001')}")
+    # Longer than nginx's upstream keepalive_timeout (60 s): see nginx.conf.
+    env.setdefault("GUNICORN_KEEPALIVE", "75")
+    # gunicorn's workers add up their metrics in files there (gunicorn.conf.py).
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(stack_dir / "prometheus"))
+    return env
+
+
+def ensure_database(url: str) -> None:
+    """CREATE DATABASE when the stack's PostgreSQL database does not exist yet."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    if not target.drivername.startswith("postgresql"):
+        return
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": target.database}).first()
+            if not exists:
+                print(f"stack: creating database {target.database}", flush=True)
+                conn.execute(text(f'CREATE DATABASE "{target.database}"'))
+    finally:
+        admin.dispose()
+
+
+def stack_nginx_settings(env: dict[str, str]) -> NginxSettings:
+    stack_dir = env["VIMEO_STACK_DIR"]
+    return NginxSettings(
+        listen=f"{env.get('VIMEO_STACK_HOST', '127.0.0.1')}:{env.get('VIMEO_STACK_PORT', '8080')}",
+        app_address=env["GUNICORN_BIND"],
+        storage_dir=env["VIMEO_STORAGE_DIR"],
+        runtime_dir=os.path.join(stack_dir, "nginx"),
+        log_dir=os.path.join(stack_dir, "log"),
+        max_body_size=int(env.get("VIMEO_MAX_UPLOAD_SIZE", 16 * MiB)),
+    )
+
+
+def run_stack() -> int:
+    try:
+        from dotenv import load_dotenv
+
+        load_dotenv(ROOT / ".env", override=False)
+    except ImportError:
+        pass
+    env = stack_environment(os.environ)
+    settings = stack_nginx_settings(env)
+    nginx_host, nginx_port = settings.listen.rsplit(":", 1)
+    app_host, app_port = env["GUNICORN_BIND"].rsplit(":", 1)
+    for host, port in ((nginx_host, nginx_port), (app_host, app_port)):
+        if port_in_use(host, int(port)):
+            print(f"stack: {host}:{port} is already in use (set VIMEO_STACK_PORT / VIMEO_STACK_APP_PORT)", file=sys.stderr)
+            return 1
+    conf = write_nginx_conf(settings)
+    check_nginx_conf(conf, settings)
+    ensure_database(env["VIMEO_DATABASE_URL"])
+    subprocess.run([sys.executable, "manage.py", "db", "upgrade"], cwd=ROOT, env=env, check=True)
+
+    procs: list[tuple[str, subprocess.Popen]] = []
+    stopping = False
+
+    def shutdown(signum=None, _frame=None):
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        print("\nstack: stopping", flush=True)
+        for name, proc in reversed(procs):
+            # nginx: SIGQUIT finishes the transfers under way; the others stop on SIGTERM.
+            stop(proc, signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
+            print(f"stack: {name} stopped", flush=True)
+
+    signal.signal(signal.SIGINT, shutdown)
+    signal.signal(signal.SIGTERM, shutdown)
+
+    def start(name: str, cmd: list[str]) -> subprocess.Popen:
+        # Own sessions: Ctrl-C reaches us only, and we stop them in order.
+        proc = spawn(cmd, env)
+        procs.append((name, proc))
+        return proc
+
+    try:
+        web = start("gunicorn", gunicorn_command())
+        wait_for_http(f"http://{env['GUNICORN_BIND']}/healthz", procs=[web])
+        start("worker", [sys.executable, "-m", "celery", "-A", "celery_worker", "worker", "--loglevel", "INFO"])
+        start("beat", [
+            sys.executable, "-m", "celery", "-A", "celery_worker", "beat", "--loglevel", "INFO",
+            "--schedule", os.path.join(env["VIMEO_STACK_DIR"], "celerybeat-schedule"), "--pidfile=",
+        ])
+        nginx = start("nginx", nginx_command(conf, settings))
+        wait_for_http(f"http://{settings.listen}/healthz", procs=[nginx])
+    except Exception as exc:
+        print(f"stack: {exc}", file=sys.stderr)
+        shutdown()
+        return 1
+    log_dir = settings.log_dir
+    print(
+        f"stack: up on http://{settings.listen} (nginx → gunicorn {env['GUNICORN_BIND']}, Celery worker and beat)\n"
+        f"stack: storage {env['VIMEO_STORAGE_DIR']}, nginx logs in {log_dir}; Ctrl-C stops everything",
+        flush=True,
+    )
+    while not stopping:
+        for name, proc in procs:
+            if proc.poll() is not None and not stopping:
+                print(f"stack: {name} exited with {proc.returncode}", file=sys.stderr, flush=True)
+                shutdown()
+                return 1
+        time.sleep(0.5)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.stack", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the local stack in the foreground (the default)")
+    render = sub.add_parser("render", help="print nginx.conf rendered for a server (see deploy/README.md)")
+    render.add_argument("--listen", default="80")
+    render.add_argument("--app", default="127.0.0.1:8000", help="gunicorn's address")
+    render.add_argument("--storage-dir", default="/var/lib/vimeo_api/storage")
+    render.add_argument("--runtime-dir", default="/var/lib/nginx/vimeo", help="nginx's temporary files")
+    render.add_argument("--log-dir", default="/var/log/nginx")
+    render.add_argument("--pid-file", default="/run/nginx.pid", help="where Debian's nginx.service looks")
+    render.add_argument("--max-upload-size", type=int, default=16 * MiB)
+    render.add_argument("--user", default="www-data", help="nginx's worker user: the user gunicorn runs as")
+    args = parser.parse_args(argv)
+    if args.command == "render":
+        sys.stdout.write(render_nginx(NginxSettings(
+            listen=args.listen, app_address=args.app, storage_dir=args.storage_dir,
+            runtime_dir=args.runtime_dir, log_dir=args.log_dir, pid_file=args.pid_file,
+            max_body_size=args.max_upload_size,
+            user=args.user,
+        )))
+        return 0
+    return run_stack()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""End-to-end tests through real nginx in front of real gunicorn (see harness.py)."""

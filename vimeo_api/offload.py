@@ -1,0 +1,60 @@
+"""Raw-PUT upload offload: in the stack nginx writes a raw upload's body to a file on the
+storage filesystem and names it in ``X-Vimeo-Body-File``; the app hashes that file and
+renames it into place instead of copying the bytes through Python.
+
+nginx sets the header on the upload location only and blanks it everywhere else, so a
+client never chooses it; the path is still checked to lie in ``<STORAGE_DIR>/nginx-body/``
+(where nginx.conf's ``client_body_temp_path`` points), so even a request that reaches
+gunicorn directly can adopt nothing but a body file nginx wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+from flask import Request, current_app
+from werkzeug.exceptions import BadRequest, InternalServerError, RequestEntityTooLarge
+
+from .storage import UploadFile
+
+log = logging.getLogger(__name__)
+
+BODY_FILE_HEADER = "X-Vimeo-Body-File"
+BODY_DIR = "nginx-body"
+
+
+def offloaded_body(request: Request) -> UploadFile | None:
+    """The body file nginx already wrote for this request, adopted as an upload; None when
+    the body is to be read from the request stream (no header, or offload off)."""
+    cfg = current_app.config
+    path = request.headers.get(BODY_FILE_HEADER)
+    if not path:
+        return None
+    if not cfg["UPLOAD_OFFLOAD"]:
+        if request.content_length is None and "chunked" not in request.headers.get("Transfer-Encoding", ""):
+            # nginx kept the body (nginx.conf's upload location) but this app does not
+            # adopt body files: storing the empty stream would lose the upload.
+            log.error("nginx offloads raw uploads but UPLOAD_OFFLOAD is off: set VIMEO_UPLOAD_OFFLOAD=1")
+            raise InternalServerError("Uploads are misconfigured on this server.")
+        return None  # a client's header, beside a body of its own: read the body
+    body_dir = os.path.realpath(os.path.join(cfg["STORAGE_DIR"], BODY_DIR))
+    real = os.path.realpath(path)
+    if not real.startswith(body_dir + os.sep):
+        # Not where nginx.conf writes bodies: a misconfiguration or a forged header.
+        log.warning("refused an upload body file outside %s", BODY_DIR)
+        raise BadRequest("The upload body could not be read.")
+    try:
+        if not stat.S_ISREG(os.stat(real).st_mode):
+            raise FileNotFoundError(real)
+        upload = UploadFile.adopt(real)
+    except (FileNotFoundError, PermissionError):
+        # nginx removes the file when it gives up on the request (client gone, timeout).
+        log.warning("the upload body file nginx named cannot be opened")
+        raise BadRequest("The upload body could not be read.") from None
+    if upload.size > cfg["MAX_UPLOAD_SIZE"]:
+        # nginx's client_max_body_size should have refused it: a second line of defence.
+        upload.close()
+        raise RequestEntityTooLarge()
+    return upload
