@@ -179,6 +179,11 @@ def gunicorn_server(tmp_path, request):
         }
         if backend == "sqlite":
             migrate_database(db_url)
+        else:  # the run's shared database: start from empty tables, as make_app does
+            engine = create_engine(db_url)
+            with engine.begin() as conn:
+                conn.execute(text("TRUNCATE files, blobs, versions, api_tokens RESTART IDENTITY CASCADE"))
+            engine.dispose()
         log_path = tmp_path / f"gunicorn-{port}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "vimeo_api.wsgi:app"],

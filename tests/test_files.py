@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 
 from vimeo_api import files, security
 from vimeo_api.extensions import db
-from vimeo_api.files import Options, parse_expires_in, parse_max_downloads, seconds_until
+from vimeo_api.files import Options, parse_expires_in, parse_max_downloads
 from vimeo_api.models import Blob, File
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -378,12 +378,6 @@ def test_parse_max_downloads_rejects(value):
         parse_max_downloads(value)
 
 
-def test_seconds_until():
-    assert seconds_until(None, NOW) is None
-    assert seconds_until(NOW + timedelta(seconds=1.2), NOW) == 2
-    assert seconds_until(NOW - timedelta(seconds=5), NOW) == 0
-
-
 def test_whole_second():
     assert files.whole_second(datetime(2026, 1, 1, 0, 0, 0, 999999, tzinfo=timezone.utc)).microsecond == 0
 
@@ -391,3 +385,13 @@ def test_whole_second():
 def test_rows_are_readable_with_select(ctx):
     file, _ = new_file()
     assert db.session.execute(select(File.filehash).where(File.id == file.id)).scalar_one() == file.filehash
+
+
+@pytest.mark.parametrize("value", ["٣", "²", True, 1.5, "3.0"])
+def test_max_downloads_takes_ascii_whole_numbers_only(value):
+    with pytest.raises(ValueError, match="max_downloads must be an integer"):
+        parse_max_downloads(value)
+
+
+def test_an_integral_json_number_is_a_whole_number():
+    assert parse_max_downloads(5.0) == 5

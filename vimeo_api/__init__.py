@@ -13,7 +13,7 @@ import uuid
 from flask import Flask, g, request
 from sqlalchemy import event
 
-from . import config
+from . import config, limits, logs, metacache, observability
 from .errors import register_error_handlers
 from .extensions import cache, db, migrate
 from .storage import LocalStorage
@@ -37,22 +37,28 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 
 def register_extensions(app: Flask) -> None:
+    logs.init_app(app)
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS)
     cache.init_app(app)
+    metacache.init_app(app)
+    limits.init_app(app)
     app.extensions["vimeo_storage"] = LocalStorage(app.config["STORAGE_DIR"])
     celery_init_app(app)
+    observability.init_app(app)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         with app.app_context():
             event.listen(db.engine, "connect", _sqlite_pragmas)
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import api, content, operators
+    from . import api, content, health, openapi, operators
 
     app.register_blueprint(api.bp)
     app.register_blueprint(content.bp)
     app.register_blueprint(operators.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
 
 
 def register_request_hooks(app: Flask) -> None:
@@ -69,10 +75,12 @@ def register_request_hooks(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from .cli import files_cli, tokens_cli
+    from .cli import cache_cli, files_cli, stats_command, tokens_cli
 
     app.cli.add_command(files_cli)
     app.cli.add_command(tokens_cli)
+    app.cli.add_command(stats_command)
+    app.cli.add_command(cache_cli)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -9,7 +9,7 @@ from flask import Request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Forbidden, Gone, NotFound, Unauthorized
 
-from . import files, security
+from . import files, limits, metacache, security
 from .models import File, utcnow
 
 REALM = "vimeo_api"
@@ -25,13 +25,22 @@ def supplied_password(request: Request) -> str | None:
     return password
 
 
-def downloadable(filehash: str, request: Request) -> File:
-    """The file behind a download URL, or the HTTP error that ends the request."""
-    file = find_or_404(filehash)
+def downloadable(filehash: str, request: Request, *, fresh: bool = False) -> metacache.FileMeta:
+    """The file behind a download URL, or the HTTP error that ends the request.
+
+    Answered from the metadata cache when it holds a current entry (404 and 410
+    included); ``fresh`` reads the database. Wrong passwords are counted per file and
+    client address, and checked before the (slow) password hash is computed.
+    """
+    file = metacache.lookup(filehash, files.find, fresh=fresh) if _looks_like_filehash(filehash) else None
+    if file is None:
+        raise NotFound()
     if not file.is_available(utcnow()):
         raise Gone()
     if file.password_hash is not None:
+        limits.check_password_attempts(file.filehash)
         if not security.password_matches(supplied_password(request), file.password_hash):
+            limits.record_failed_password(file.filehash)
             raise Unauthorized(
                 "A valid password is required for this file.",
                 # RFC 9110 §11.5: realm is always sent quoted; werkzeug would leave a token bare.
@@ -52,7 +61,11 @@ def owned(filehash: str, request: Request) -> File:
     file = find_or_404(filehash)
     token = request.headers.get("X-Owner-Token")
     if not token:
-        raise Unauthorized("Send the owner token given at upload in X-Owner-Token.")
+        raise Unauthorized(
+            "Send the owner token given at upload in X-Owner-Token.",
+            # RFC 9110 §11.6.1: a 401 names a scheme; the owner token is this API's own.
+            www_authenticate=WWWAuthenticate("x-owner-token", {"realm": REALM}),
+        )
     if not security.token_matches(token, file.owner_token_hash):
         raise Forbidden("This owner token does not match the file.")
     if not file.is_available(utcnow()):
@@ -72,11 +85,20 @@ def owner_or_password(filehash: str, request: Request) -> File:
     if token is not None:
         if not security.token_matches(token, file.owner_token_hash):
             raise Forbidden("This owner token does not match the file.")
-    elif file.password_hash is None or not security.password_matches(supplied_password(request), file.password_hash):
+    elif file.password_hash is None:
         raise Unauthorized(
             "Send the owner token in X-Owner-Token, or the file's password.",
             www_authenticate=WWWAuthenticate("basic", {"realm": REALM}),
         )
+    else:
+        # The same guessing budget as downloads: this route also tells a right password.
+        limits.check_password_attempts(file.filehash)
+        if not security.password_matches(supplied_password(request), file.password_hash):
+            limits.record_failed_password(file.filehash)
+            raise Unauthorized(
+                "Send the owner token in X-Owner-Token, or the file's password.",
+                www_authenticate=WWWAuthenticate("basic", {"realm": REALM}),
+            )
     if not file.is_available(utcnow()):
         raise Gone()
     return file
@@ -90,7 +112,9 @@ def deletable(filehash: str, request: Request) -> File:
     if request.headers.get("Authorization", "").lower().startswith("bearer "):
         token = bearer_token(request)
         if token is None:
-            raise Unauthorized("This operator token is not valid.")
+            raise Unauthorized(
+                "This operator token is not valid.", www_authenticate=WWWAuthenticate("bearer", {"realm": REALM})
+            )
         if "files:write" not in token.scope_set:
             raise Forbidden("This token lacks the files:write scope.")
         file = find_or_404(filehash)

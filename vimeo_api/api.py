@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest, Gone, PreconditionFailed
 
-from . import access, delivery, files, versions
+from . import access, delivery, files, metacache, versions
 from .http_semantics import cache_class, evaluate_preconditions, format_etag
 from .models import File, GoneReason, utcnow
 from .uploads import clean_filename, content_type_for, multipart_file, raw_body
@@ -43,12 +43,37 @@ def upload_raw(filename):
 
 @bp.route("/file/<filehash>", methods=["GET", "HEAD"])
 def download(filehash):
-    """Access check (404 → 410 → 401), then preconditions, range and the bytes."""
-    file = access.downloadable(filehash, request)
+    """Access check (404 → 410 → 401), then preconditions, range and the bytes.
+
+    The checks may be answered from the metadata cache; sending bytes is decided by the
+    database alone (``files.consume_download``). When it refuses what a cached entry
+    allowed, the entry is dropped, and unless the file is really gone (410) the request
+    runs once more on fresh metadata: its content changed meanwhile.
+    """
+    stale: list[bool] = []
+    try:
+        return _download(filehash, fresh=False, stale=stale)
+    except Gone:
+        if not stale:
+            raise
+    return _download(filehash, fresh=True, stale=[])
+
+
+def _download(filehash: str, *, fresh: bool, stale: list):
+    file = access.downloadable(filehash, request, fresh=fresh)
     klass = cache_class(max_downloads=file.max_downloads, has_password=file.password_hash is not None)
-    return delivery.respond(
-        file, klass, consume=lambda nbytes: files.consume_download(file.id, nbytes, file.sha256)
-    )
+
+    def consume(nbytes: int) -> bool:
+        if files.consume_download(file.id, nbytes, file.sha256):
+            return True
+        metacache.invalidate(file.filehash)
+        if not fresh:
+            current = files.find(file.filehash)
+            if current is not None and current.is_available(utcnow()):
+                stale.append(True)
+        return False
+
+    return delivery.respond(file, klass, consume=consume)
 
 
 # -- manage -------------------------------------------------------------------------

@@ -1,15 +1,181 @@
-"""Operator commands under ``python manage.py files …``."""
+"""Operator commands: ``python manage.py files|tokens|stats|cache …``.
+
+One click group per domain (Redash's layout). Listing commands take ``--json`` for
+scripts (one JSON object per line); failures exit non-zero with a one-line message.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import click
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from . import sweep
 
 files_cli = AppGroup("files", help="Inspect and maintain stored files.")
+
+
+def _echo_json(value) -> None:
+    click.echo(json.dumps(value, sort_keys=False))
+
+
+def _find_or_fail(filehash: str):
+    from . import files
+
+    file = files.find(filehash.strip().lower())
+    if file is None:
+        raise click.ClickException(f"no file with filehash {filehash}")
+    return file
+
+
+@files_cli.command("list")
+@click.option(
+    "--status", type=click.Choice(["available", "gone", "all"]), default="all", show_default=True,
+    help="Which files to list.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
+def list_files_command(status, as_json):
+    """List files, oldest first (never their passwords or owner tokens)."""
+    from . import inventory
+    from .models import utcnow
+
+    now = utcnow()
+    count = 0
+    for file in inventory.iter_files(status):
+        row = inventory.describe_file(file, now)
+        count += 1
+        if as_json:
+            _echo_json(row)
+        else:
+            state = row["status"] if row["status"] == "available" else f"gone({row['gone_reason'] or 'expired'})"
+            limit = row["max_downloads"] or "∞"
+            click.echo(
+                f"{row['filehash']}\t{state}\t{row['size']}\t{row['downloads']}/{limit}\t"
+                f"{row['expires_at'] or 'never'}\t{row['filename']}"
+            )
+    if not as_json:
+        click.echo(f"{count} file(s)", err=True)
+
+
+@files_cli.command("show")
+@click.argument("filehash")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def show_file_command(filehash, as_json):
+    """Show one file: options, counters, state, and whether its bytes are on disk."""
+    from . import files, inventory
+    from .models import utcnow
+
+    file = _find_or_fail(filehash)
+    row = inventory.describe_file(file, utcnow())
+    row["versions"] = inventory.published_versions(file)
+    row["bytes_served"] = file.bytes_served
+    row["stored"] = files.storage().exists(file.sha256)
+    if as_json:
+        _echo_json(row)
+    else:
+        for key, value in row.items():
+            click.echo(f"{key}: {value}")
+
+
+@files_cli.command("delete")
+@click.argument("filehash")
+def delete_file_command(filehash):
+    """Delete a file: its URL answers 410 at once and its bytes go after the grace period."""
+    from . import files
+    from .models import GoneReason
+
+    file = _find_or_fail(filehash)
+    if not files.mark_gone(file.id, GoneReason.DELETED):
+        raise click.ClickException(f"file {file.filehash} is already gone ({file.gone_reason or 'expired'})")
+    click.echo(f"file {file.filehash} deleted")
+
+
+@files_cli.command("expire")
+@click.argument("filehash")
+def expire_file_command(filehash):
+    """Expire a file now, as if its expiry had passed."""
+    from . import files
+    from .models import GoneReason
+
+    file = _find_or_fail(filehash)
+    if not files.mark_gone(file.id, GoneReason.EXPIRED):
+        raise click.ClickException(f"file {file.filehash} is already gone ({file.gone_reason or 'expired'})")
+    click.echo(f"file {file.filehash} expired")
+
+
+@files_cli.command("verify")
+@click.option("--repair", is_flag=True, help="Mark every file found missing or corrupt as gone.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def verify_files_command(repair, as_json):
+    """Re-hash the stored bytes of every available file against its recorded SHA-256.
+
+    Reports files whose bytes are missing, corrupt (another hash or size) or unreadable,
+    and exits 1 when there are any. With --repair each of them is marked gone (deleted),
+    its published versions are retired, and corrupt bytes are removed so that a later
+    upload of the true content stores it afresh.
+    """
+    from . import files, inventory
+
+    storage = files.storage()
+    total = inventory.count_available()
+    if as_json:
+        problems = inventory.verify_available(storage)
+    else:
+        # The bar goes to stderr: stdout stays the report.
+        with click.progressbar(length=total, label="verifying", file=sys.stderr) as bar:
+            problems = inventory.verify_available(storage, progress=bar.update)
+    repaired = _repair(problems) if repair else []
+    if as_json:
+        _echo_json({
+            "checked": total,
+            "problems": [p.as_dict() for p in problems],
+            "repaired": repaired,
+        })
+    else:
+        for p in problems:
+            click.echo(f"{p.problem}\t{p.filehash}\t{p.detail}")
+        for filehash in repaired:
+            click.echo(f"repaired\t{filehash}\tmarked gone")
+        click.echo(f"{total} file(s) checked, {len(problems)} with missing or corrupt bytes", err=True)
+    if problems:
+        raise click.ClickException(
+            f"{len(problems)} file(s) with missing or corrupt bytes"
+            + (f"; {len(repaired)} marked gone" if repair else "; run with --repair to mark them gone")
+        )
+
+
+def _repair(problems) -> list[str]:
+    """Mark the files gone and retire their versions; remove corrupt bytes. Returns the
+    filehashes that this run made gone."""
+    from . import files, versions
+    from .models import GoneReason
+
+    repaired = []
+    corrupt = set()
+    for p in problems:
+        file = files.find(p.filehash)
+        if file is not None and files.mark_gone(file.id, GoneReason.DELETED):
+            repaired.append(p.filehash)
+        if file is not None:
+            versions.retire_for_files([file.id])
+        if p.problem == "corrupt":
+            corrupt.add(p.sha256)
+    storage = files.storage()
+    for sha256 in corrupt:
+        # Left in place, the bad bytes would be kept by the next upload of the true
+        # content (placing skips a hash that is already stored).
+        storage.delete(sha256)
+    return repaired
+
+
+def _sweep(batch_size, as_json) -> None:
+    report = sweep.run(batch_size).as_dict()
+    if as_json:
+        _echo_json(report)
+    else:
+        click.echo(" ".join(f"{k}={v}" for k, v in report.items()))
 
 
 @files_cli.command("sweep")
@@ -17,12 +183,18 @@ files_cli = AppGroup("files", help="Inspect and maintain stored files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def sweep_command(batch_size, as_json):
     """Expire due files, release unused bytes, remove stale uploads and orphans."""
-    report = sweep.run(batch_size).as_dict()
-    if as_json:
-        click.echo(json.dumps(report))
-    else:
-        click.echo(" ".join(f"{k}={v}" for k, v in report.items()))
+    _sweep(batch_size, as_json)
 
+
+@files_cli.command("gc")
+@click.option("--batch-size", type=int, default=None, help="Rows per batch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def gc_command(batch_size, as_json):
+    """Collect garbage now: the periodic sweep (expire, release, stale uploads, orphans)."""
+    _sweep(batch_size, as_json)
+
+
+# -- tokens ---------------------------------------------------------------------------
 
 tokens_cli = AppGroup("tokens", help="Operator bearer tokens with scopes.")
 
@@ -77,3 +249,50 @@ def revoke_token_command(token_id):
     token.revoked_at = token.revoked_at or utcnow()
     db.session.commit()
     click.echo(f"token {token_id} revoked")
+
+
+# -- stats ----------------------------------------------------------------------------
+
+@click.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON (the body of GET /stats).")
+@with_appcontext
+def stats_command(as_json):
+    """Files and bytes by status, downloads, bytes served, stored content (as GET /stats)."""
+    from .inventory import collect_stats
+
+    stats = collect_stats()
+    if as_json:
+        _echo_json(stats)
+        return
+    for label in ("available", "gone"):
+        click.echo(f"files {label}: {stats['files'][label]['files']} ({stats['files'][label]['bytes']} bytes)")
+    click.echo(f"downloads: {stats['downloads']}")
+    click.echo(f"bytes served: {stats['bytes_served']}")
+    click.echo(f"stored: {stats['stored']['blobs']} blob(s), {stats['stored']['bytes']} bytes")
+
+
+# -- cache ----------------------------------------------------------------------------
+
+cache_cli = AppGroup("cache", help="The metadata and error cache (Flask-Caching).")
+
+
+@cache_cli.command("clear")
+def clear_cache_command():
+    """Drop everything cached: metadata and cached 4xx answers (never changes a file).
+
+    The backend is emptied (with Redis, the keys under CACHE_KEY_PREFIX), then the
+    global epoch is renewed: that is what reaches the in-process caches of the embedded
+    default's workers, which this process cannot empty.
+    """
+    from . import metacache
+    from .extensions import cache
+
+    try:
+        cleared = cache.clear()
+    except Exception as exc:  # Redis down or refusing: say so in one line
+        raise click.ClickException(f"could not clear the cache: {exc.__class__.__name__}: {exc}") from None
+    if cleared is False:
+        raise click.ClickException("the cache backend did not clear")
+    if not metacache.invalidate_all():
+        raise click.ClickException("the cache was cleared but its epochs could not be renewed; run it again")
+    click.echo(f"cache cleared ({type(cache.cache).__name__})")

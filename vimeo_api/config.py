@@ -28,11 +28,17 @@ DEFAULTS: dict[str, object] = {
     "EMBEDDED_SWEEP_INTERVAL": 10,
     # How often Celery beat runs the sweep in the stack.
     "SWEEP_INTERVAL": 60,
+    # How often a sweep also scans the storage directory for bytes no row knows (it reads
+    # every stored file's name: about 6 s per 100,000 files, see PERFORMANCE.md).
+    "ORPHAN_SWEEP_INTERVAL": 3600,
     "SWEEP_BATCH_SIZE": 500,
     # Temporary upload files older than this are orphans of a killed process.
     "STALE_UPLOAD_SECONDS": 6 * 3600,
     # "app": the app sends the bytes (embedded default); "accel": X-Accel-Redirect to nginx.
     "DELIVERY": "app",
+    # Raw PUT uploads whose body nginx already wrote to <STORAGE_DIR>/nginx-body/ are
+    # renamed into place instead of copied (the stack; see vimeo_api/offload.py).
+    "UPLOAD_OFFLOAD": False,
     # werkzeug.security method for file passwords (salted, slow).
     "PASSWORD_HASH_METHOD": "scrypt",
     # Celery: no broker means tasks run eagerly in-process (embedded default).
@@ -57,8 +63,44 @@ DEFAULTS: dict[str, object] = {
     "TOKEN_SIGNING_KEYS": [],
     "TOKEN_DEFAULT_EXPIRES_IN": 300,
     "TOKEN_MAX_EXPIRES_IN": 86400,
+    # Flask-Caching: in-process on the embedded default, RedisCache in the stack. It holds
+    # file metadata and 404s (vimeo_api/metacache.py), never a decision to send bytes.
     "CACHE_TYPE": "SimpleCache",
     "CACHE_REDIS_URL": None,
+    # Keys are prefixed, so `manage.py cache clear` deletes ours only (unprefixed, Flask-
+    # Caching's clear() would FLUSHDB a Redis database that may be shared).
+    "CACHE_KEY_PREFIX": "vimeo:",
+    # Items an in-process cache keeps before it prunes (Flask-Caching's default is 500).
+    "CACHE_THRESHOLD": 5000,
+    # Seconds a file's metadata, and an unknown hash's 404, stay cached. Changes invalidate
+    # at once; these only bound memory (and staleness if an invalidation was lost).
+    "CACHE_META_TTL": 300,
+    "CACHE_NOT_FOUND_TTL": 60,
+    # Per-file epoch keys (metacache.py) outlive the entries that carry them.
+    "CACHE_EPOCH_TTL": 900,
+    # Seconds to wait on Redis before answering uncached, and to leave it alone after a
+    # failure (one slow request per period during an outage, not every request).
+    "CACHE_SOCKET_TIMEOUT": 0.2,
+    "CACHE_RETRY_AFTER": 5,
+    # How long GET /purge/<purge_id> can tell a purge's status.
+    "PURGE_RECORD_TTL": 86400,
+    # Rate limits (vimeo_api/limits.py), in Flask-Limiter's notation. Uploads per client
+    # address (room for scripted use); wrong passwords per file and client address.
+    "UPLOAD_RATE_LIMIT": "600/minute",
+    "PASSWORD_RATE_LIMIT": "10/minute",
+    # Where the counts live: memory:// (per process) on the embedded default, Redis in the
+    # stack (redis://127.0.0.1:6379/2).
+    "RATELIMIT_STORAGE_URI": "memory://",
+    "RATELIMIT_STRATEGY": "moving-window",
+    "RATELIMIT_KEY_PREFIX": "vimeo",
+    "RATELIMIT_HEADERS_ENABLED": True,
+    # Redis down: count in-process instead, and never answer 500 for a limit.
+    "RATELIMIT_SWALLOW_ERRORS": True,
+    "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+    # Proxies in front of the app whose X-Forwarded-For is believed for the client
+    # address: 0 on the embedded default, 1 (nginx) in the stack. Never more than are
+    # really there: a client could then choose the address it is counted under.
+    "TRUSTED_PROXY_COUNT": 0,
     "LOG_LEVEL": "INFO",
 }
 
@@ -95,6 +137,23 @@ def _derive(app) -> None:
     cfg.setdefault("MAX_FORM_MEMORY_SIZE", 64 * 1024)
     cfg.setdefault("JSON_SORT_KEYS", False)
     cfg["CELERY"] = celery_settings(cfg)
+    _redis_timeouts(cfg)
+
+
+def _redis_timeouts(cfg) -> None:
+    """Short socket timeouts and one retry for the cache's and the limiter's Redis: a Redis
+    that is down or hung must cost a request a fraction of a second, not redis-py's
+    default of blocking and retrying with backoff."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    timeout = float(cfg["CACHE_SOCKET_TIMEOUT"])
+    # One retry: a pooled connection that Redis closed (a restart) reconnects at once.
+    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 1)}
+    if "redis" in str(cfg.get("CACHE_TYPE") or "").lower():
+        cfg["CACHE_OPTIONS"] = {**options, **(cfg.get("CACHE_OPTIONS") or {})}
+    if str(cfg.get("RATELIMIT_STORAGE_URI") or "").startswith(("redis://", "rediss://", "redis+unix://")):
+        cfg["RATELIMIT_STORAGE_OPTIONS"] = {**options, **(cfg.get("RATELIMIT_STORAGE_OPTIONS") or {})}
 
 
 def celery_settings(cfg) -> dict:
@@ -110,6 +169,9 @@ def celery_settings(cfg) -> dict:
         # A pool process killed mid-task requeues its message instead of acking it.
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # A task whose message can no longer be acknowledged (connection to the broker
+        # lost) is cancelled and redelivered rather than finished twice; Celery 6's default.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_timeout": timeout,
         "broker_connection_retry_on_startup": True,
         # A worker waits for the broker however long an outage lasts (Celery gives up

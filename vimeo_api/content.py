@@ -6,6 +6,7 @@ import math
 from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, jsonify, request
+from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import BadRequest, Forbidden, Gone, NotFound, Unauthorized
 
 from . import access, delivery, files, signing, versions
@@ -49,6 +50,8 @@ def issue_token(filehash):
         raise BadRequest('Send a JSON object such as {"expires_in": 300}, or no body.')
     cfg = current_app.config
     expires_in = body.get("expires_in", cfg["TOKEN_DEFAULT_EXPIRES_IN"])
+    if isinstance(expires_in, float) and expires_in.is_integer():  # JSON's 60.0 is 60
+        expires_in = int(expires_in)
     if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in < 1:
         raise BadRequest("expires_in must be a whole number of seconds >= 1.")
     if expires_in > cfg["TOKEN_MAX_EXPIRES_IN"]:
@@ -72,7 +75,9 @@ def download_with_token(token):
     try:
         filehash = signing.verify(token)
     except signing.TokenInvalid:
-        raise Unauthorized("This token is not valid.") from None
+        raise Unauthorized(
+            "This token is not valid.", www_authenticate=WWWAuthenticate("token", {"realm": "vimeo_api"})
+        ) from None
     except signing.TokenExpired:
         raise Forbidden("This token has expired.") from None
     file = files.find(filehash)

@@ -8,7 +8,6 @@ so the database decides and concurrent requests cannot over-consume.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from flask import current_app
 from sqlalchemy import case, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from . import security
+from . import metacache, security
 from .extensions import db
 from .models import Blob, File, FileStatus, GoneReason, utcnow
 from .storage import LocalStorage, UploadFile
@@ -112,6 +111,7 @@ def replace_content(file: File, upload: UploadFile, content_type: str | None) ->
         return None
     released = _release_blob_ref(old_sha, now)
     db.session.commit()
+    metacache.invalidate(file.filehash)
     db.session.refresh(file)
     if released:
         queue_release(old_sha)
@@ -132,6 +132,7 @@ def update_options(file: File, options: Options) -> File:
     if options.max_downloads is not UNSET:
         file.max_downloads = options.max_downloads
     db.session.commit()
+    metacache.invalidate(file.filehash)
     if file.max_downloads and file.downloads >= file.max_downloads:
         mark_gone(file.id, GoneReason.DOWNLOADED)
         db.session.refresh(file)
@@ -161,13 +162,16 @@ def consume_download(file_id: int, nbytes: int, sha256: str) -> bool:
             gone_reason=case((last, GoneReason.DOWNLOADED), else_=File.gone_reason),
             gone_at=case((last, now), else_=File.gone_at),
         )
-        .returning(File.status, File.sha256)
+        .returning(File.status, File.sha256, File.filehash)
     ).first()
     if row is None:
         db.session.rollback()
         return False
     released = row.status == FileStatus.GONE and _release_blob_ref(row.sha256, now)
     db.session.commit()
+    if row.status == FileStatus.GONE:
+        # Cached metadata must stop saying "available" (and HEAD must answer 410).
+        metacache.invalidate(row.filehash)
     if released:
         queue_release(row.sha256)
     return True
@@ -181,13 +185,14 @@ def mark_gone(file_id: int, reason: str) -> bool:
         update(File)
         .where(File.id == file_id, File.status == FileStatus.AVAILABLE)
         .values(status=FileStatus.GONE, gone_reason=reason, gone_at=now)
-        .returning(File.sha256)
+        .returning(File.sha256, File.filehash)
     ).first()
     if row is None:
         db.session.rollback()
         return False
     released = _release_blob_ref(row.sha256, now)
     db.session.commit()
+    metacache.invalidate(row.filehash)
     if released:
         queue_release(row.sha256)
     return True
@@ -200,28 +205,31 @@ def expire_due(batch_size: int) -> int:
     One transaction and a few set-based statements per batch, whatever its size. Rows
     are locked as they are picked and their status and expiry re-checked, so a file that
     a download, DELETE or PATCH changed meanwhile is left out and every transition
-    happens once; rows another transaction holds are left to the next batch. Each blob's refcount then drops
-    by the number of its files in the batch. No task is queued per file: the sweep's
-    release pass removes the bytes once the grace period is over.
+    happens once; rows another transaction holds are left to the next batch. Each blob's
+    refcount then drops by the number of its files in the batch. No task is queued per
+    file: the sweep's release pass removes the bytes once the grace period is over.
     """
     now = utcnow()
     due = _batch(
+        # No ORDER BY: any due rows will do, and an order (by id or expiry) made each batch
+        # walk past the rows the batches before it had just made gone.
         select(File.id)
         .where(File.status == FileStatus.AVAILABLE, File.expires_at <= now)
-        .order_by(File.id)
         .limit(batch_size)
     )
     rows = db.session.execute(
         update(File)
         .where(File.id.in_(select(due.c.id)))
         .values(status=FileStatus.GONE, gone_reason=GoneReason.EXPIRED, gone_at=now)
-        .returning(File.sha256)
+        .returning(File.sha256, File.filehash)
     ).all()
     if not rows:
         db.session.rollback()
         return 0
     _release_blob_refs_bulk(Counter(row.sha256 for row in rows), now)
     db.session.commit()
+    # Cached entries already answer 410 past their expires_at; this drops them.
+    metacache.invalidate_many(row.filehash for row in rows)
     return len(rows)
 
 
@@ -394,7 +402,7 @@ def parse_expires_in(value, now: datetime) -> datetime | None:
     """``3600``, ``90s``, ``15m``, ``12h``, ``7d`` or ``never`` → the expiry instant (None: never).
     Raises ValueError with a message fit for the client."""
     cfg = current_app.config
-    text = str(value).strip().lower()
+    text = _number_text(value).lower()
     maximum = cfg["MAX_EXPIRES_IN"]
     if text == "never":
         if maximum:
@@ -404,7 +412,7 @@ def parse_expires_in(value, now: datetime) -> datetime | None:
     multiplier = 1
     if text and text[-1] in units:
         multiplier, text = units[text[-1]], text[:-1]
-    if not text.isdigit() or len(text) > 12:
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
         raise ValueError("expires_in must be seconds, a number with s/m/h/d, or 'never'")
     seconds = int(text) * multiplier
     if seconds < 1:
@@ -417,11 +425,17 @@ def parse_expires_in(value, now: datetime) -> datetime | None:
 
 
 def parse_max_downloads(value) -> int:
-    text = str(value).strip()
-    if not text.isdigit() or len(text) > 9:
+    text = _number_text(value)
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
         raise ValueError("max_downloads must be an integer >= 0 (0 means unlimited)")
     return int(text)
 
 
-def seconds_until(dt: datetime | None, now: datetime) -> int | None:
-    return None if dt is None else max(0, math.ceil((dt - now).total_seconds()))
+def _number_text(value) -> str:
+    """Form fields and headers are text; JSON numbers come typed. JSON counts ``60.0`` as
+    an integer, so an integral float reads as one; ``true`` never does."""
+    if isinstance(value, bool):
+        return "not a number"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()

@@ -7,20 +7,28 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 import secrets
 
 from flask import Blueprint, g, jsonify, request
-from sqlalchemy import func, select
+from sqlalchemy import select
 from werkzeug.datastructures import WWWAuthenticate
-from werkzeug.exceptions import BadRequest, Forbidden, Unauthorized
+from werkzeug.exceptions import BadRequest, Forbidden, NotFound, ServiceUnavailable, Unauthorized
 
-from . import security
+from . import inventory, metacache, security
 from .extensions import db
-from .models import ApiToken, Blob, File, FileStatus, utcnow
+from .inventory import available_clause
+from .models import ApiToken, File, utcnow
 
 PREFIX = "/vimeo/api/v1.0"
 SCOPES = ("files:read", "files:write", "stats:read", "cache:purge")
 MAX_PAGE = 100
+# The base64url (unpadded) of 1 to 18 decimal digits: what _encode_cursor produces for
+# any id below 10**18. The OpenAPI document gives the same pattern.
+_PAIR = "(MD|MT|Mj|Mz|ND|NT|Nj|Nz|OD|OT)"
+_GROUP = _PAIR + "[AEIMQUYcgk][012345wxyz]"
+_CURSOR = re.compile(f"({_GROUP}){{0,5}}({_GROUP}|{_PAIR}[AEIMQUYcgk]|(MA|MQ|Mg|Mw|NA|NQ|Ng|Nw|OA|OQ))")
+_PURGE_ID = re.compile("[0-9a-f]{32}")
 bp = Blueprint("operators", __name__, url_prefix=PREFIX)
 
 
@@ -75,22 +83,15 @@ def require_scope(scope: str):
 
 # -- routes ---------------------------------------------------------------------------
 
-def available_clause(now):
-    return (
-        (File.status == FileStatus.AVAILABLE)
-        & (File.expires_at.is_(None) | (File.expires_at > now))
-        & ((File.max_downloads == 0) | (File.downloads < File.max_downloads))
-    )
-
-
 @bp.get("/files")
 @require_scope("files:read")
 def list_files():
     """Keyset pagination by id: files added meanwhile appear later, never twice."""
-    try:
-        limit = int(request.args.get("limit", 20))
-    except ValueError:
-        raise BadRequest("limit must be an integer.") from None
+    text = request.args.get("limit", "20")
+    # ASCII digits only: int() would also take " 5", "+5" and other scripts' digits.
+    if not (text.isascii() and text.isdigit() and len(text) <= 9):
+        raise BadRequest("limit must be an integer.")
+    limit = int(text)
     if not 1 <= limit <= MAX_PAGE:
         raise BadRequest(f"limit must be between 1 and {MAX_PAGE}.")
     after = _decode_cursor(request.args.get("cursor"))
@@ -106,7 +107,7 @@ def list_files():
     rows = db.session.execute(query).scalars().all()
     page, more = rows[:limit], len(rows) > limit
     return jsonify(
-        files=[_describe(file, now) for file in page],
+        files=[inventory.describe_file(file, now) for file in page],
         next_cursor=_encode_cursor(page[-1].id) if more else None,
     )
 
@@ -114,46 +115,38 @@ def list_files():
 @bp.get("/stats")
 @require_scope("stats:read")
 def stats():
-    now = utcnow()
-    by_status = {}
-    for label, clause in (("available", available_clause(now)), ("gone", ~available_clause(now))):
-        count, size = db.session.execute(
-            select(func.count(File.id), func.coalesce(func.sum(File.size), 0)).where(clause)
-        ).one()
-        by_status[label] = {"files": count, "bytes": int(size)}
-    downloads, served = db.session.execute(
-        select(func.coalesce(func.sum(File.downloads), 0), func.coalesce(func.sum(File.bytes_served), 0))
-    ).one()
-    blobs, stored = db.session.execute(
-        select(func.count(Blob.sha256), func.coalesce(func.sum(Blob.size), 0))
-    ).one()
-    return jsonify(
-        files=by_status,
-        downloads=int(downloads),
-        bytes_served=int(served),
-        stored={"blobs": blobs, "bytes": int(stored)},
-    )
+    return jsonify(inventory.collect_stats())
 
 
-def _describe(file: File, now) -> dict:
-    return {
-        "filehash": file.filehash,
-        "filename": file.filename,
-        "size": file.size,
-        "content_type": file.content_type,
-        "sha256": file.sha256,
-        "status": "available" if file.is_available(now) else "gone",
-        "gone_reason": file.gone_reason,
-        "downloads": file.downloads,
-        "max_downloads": file.max_downloads,
-        "password_protected": file.password_hash is not None,
-        "created_at": _iso(file.created_at),
-        "expires_at": _iso(file.expires_at),
-    }
+@bp.post("/purge")
+@require_scope("cache:purge")
+def purge():
+    """``{"type": "url"|"prefix"|"all", "items": [...]}`` → ``202 {"purge_id", "status"}``:
+    drops cached metadata and cached 404/410 answers (never changes a file)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or set(body) - {"type", "items"}:
+        raise BadRequest('Send a JSON object such as {"type": "url", "items": ["/vimeo/api/v1.0/file/<filehash>"]}.')
+    try:
+        record = metacache.purge(body.get("type"), body.get("items", []))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    response = jsonify(purge_id=record["purge_id"], status=record["status"])
+    response.status_code = 202
+    response.headers["Location"] = f"{PREFIX}/purge/{record['purge_id']}"
+    return response
 
 
-def _iso(dt):
-    return None if dt is None else dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+@bp.get("/purge/<purge_id>")
+@require_scope("cache:purge")
+def purge_status(purge_id):
+    """A purge's record: type, items, status (``done`` or ``pending``), times."""
+    try:
+        record = metacache.load_purge(purge_id) if _PURGE_ID.fullmatch(purge_id) else None
+    except metacache.CacheUnavailable:
+        raise ServiceUnavailable("The cache is unavailable; retry shortly.", retry_after=5) from None
+    if record is None:
+        raise NotFound("No purge with this id (records are kept for a day).")
+    return jsonify(record)
 
 
 def _encode_cursor(last_id: int) -> str:
@@ -163,10 +156,8 @@ def _encode_cursor(last_id: int) -> str:
 def _decode_cursor(cursor: str | None) -> int:
     if not cursor:
         return 0
-    try:
-        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not value.isdigit():
-            raise ValueError
-        return int(value)
-    except ValueError:
-        raise BadRequest("cursor is not one this API handed out.") from None
+    # Only what _encode_cursor hands out: base64 is lenient (padding, stray characters)
+    # and an id past SQLite's 64-bit integers failed the query with a 500.
+    if not _CURSOR.fullmatch(cursor):
+        raise BadRequest("cursor is not one this API handed out.")
+    return int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))

@@ -66,7 +66,7 @@ class UploadFile:
     def flush(self) -> None:
         self._file.flush()
 
-    def copy_from(self, stream, limit: int | None = None) -> None:
+    def copy_from(self, stream) -> None:
         """Copy a body stream in chunks (memory stays flat whatever the size)."""
         while chunk := stream.read(CHUNK):
             self.write(chunk)
@@ -89,7 +89,6 @@ class UploadFile:
             except FileNotFoundError:
                 pass
 
-    discard = close
 
     def __enter__(self):
         return self

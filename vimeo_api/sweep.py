@@ -1,9 +1,11 @@
 """The periodic sweep: finishes every recorded intent whose task was lost, and cleans up.
 
-It works in bounded batches, so memory stays flat however much is due:
-expired files are marked gone, released blobs whose grace is over lose their bytes,
-temporary uploads left by killed processes are removed, and stored bytes that no row
-knows are deleted.
+It works in bounded batches, one transaction each, so memory stays flat however much is
+due: expired files are marked gone, versions of deleted or expired files are retired,
+temporary uploads left by killed processes are removed, stored bytes that no row knows
+are adopted as releasable blobs, and blobs nothing uses whose grace is over lose their
+bytes. The orphan scan walks the whole storage directory, so it runs less often
+(``ORPHAN_SWEEP_INTERVAL``) than the rest (``SWEEP_INTERVAL``).
 """
 
 from __future__ import annotations
@@ -12,21 +14,29 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from flask import current_app
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
-from . import files
+from . import files, observability, versions
 from .extensions import db
-from .models import Blob
+from .models import Blob, utcnow
 
 log = logging.getLogger(__name__)
+
+# PostgreSQL's deadlock_detected and serialization_failure: a batch that lost such a race
+# was rolled back whole and can simply run again.
+_TRANSIENT = {"40P01", "40001"}
 
 
 @dataclass
 class SweepReport:
     expired: int = 0
+    retired: int = 0
     released: int = 0
     stale_uploads: int = 0
     orphans: int = 0
@@ -36,56 +46,88 @@ class SweepReport:
 
 
 def run(batch_size: int | None = None, orphans: bool = True) -> SweepReport:
+    """One sweep (with the orphan scan unless ``orphans`` is false); safe to run
+    concurrently with requests, workers and other sweeps."""
     cfg = current_app.config
     batch_size = batch_size or cfg["SWEEP_BATCH_SIZE"]
     report = SweepReport()
-    while (n := files.expire_due(batch_size)) > 0:
-        report.expired += n
-    while shas := files.releasable_blobs(batch_size):
-        done = sum(files.release_blob(sha) for sha in shas)
-        report.released += done
-        if done == 0:
-            break
+    report.expired = drain(files.expire_due, batch_size)
+    report.retired = drain(versions.retire_due, batch_size)
     storage = files.storage()
     report.stale_uploads = storage.remove_stale_uploads(cfg["STALE_UPLOAD_SECONDS"])
     if orphans:
         report.orphans = remove_orphans(batch_size, cfg["STALE_UPLOAD_SECONDS"])
+    # Last, so that orphans adopted just now lose their bytes in this same sweep.
+    report.released = drain(files.release_due_blobs, batch_size)
     if any(asdict(report).values()):
         log.info("sweep: %s", report.as_dict())
+    observability.record_sweep(report)
     return report
 
 
+def drain(batch: Callable[[int], int], batch_size: int, attempts: int = 3) -> int:
+    """Run ``batch`` until it finds nothing more to do; returns the total it did. A batch
+    rolled back by a deadlock with a concurrent request is retried a few times."""
+    total = 0
+    failures = 0
+    while True:
+        try:
+            n = batch(batch_size)
+        except DBAPIError as exc:
+            db.session.rollback()
+            failures += 1
+            if getattr(exc.orig, "pgcode", None) not in _TRANSIENT or failures >= attempts:
+                raise
+            log.warning("sweep batch rolled back (%s), retrying", exc.orig.pgcode)
+            continue
+        if n == 0:
+            return total
+        total += n
+
+
 def remove_orphans(batch_size: int, min_age: float) -> int:
-    """Delete stored bytes with no blob row (left by a commit that failed after the
-    rename). Young files are skipped: their upload may still be committing."""
+    """Hand stored bytes that no blob row knows (left by a commit that failed after the
+    rename) to the release pass; returns how many.
+
+    Each orphan becomes a blob row with no user, due at once, and the release pass
+    removes it under the row's lock. Unlinking it here instead could race with an upload
+    of the same content that has just found the bytes in place and not yet committed its
+    row; as a row, the upload's upsert either waits for the release or revives the blob.
+    Young files are skipped: their upload may still be committing.
+    """
     storage = files.storage()
     cutoff = time.time() - min_age
-    removed = 0
+    adopted = 0
     batch: list[str] = []
 
     def flush() -> int:
         known = set(db.session.execute(select(Blob.sha256).where(Blob.sha256.in_(batch))).scalars())
-        db.session.rollback()
-        n = 0
+        rows = []
         for sha in batch:
             if sha not in known:
-                path = storage.blob_path(sha)
                 try:
-                    if os.stat(path).st_mtime < cutoff:
-                        os.unlink(path)
-                        n += 1
+                    stat = os.stat(storage.blob_path(sha))
                 except FileNotFoundError:
-                    pass
+                    continue
+                if stat.st_mtime < cutoff:
+                    rows.append({"sha256": sha, "size": stat.st_size, "refcount": 0, "created_at": now, "release_after": now})
         batch.clear()
-        return n
+        if rows:
+            insert = postgresql.insert if db.session.get_bind().dialect.name == "postgresql" else sqlite.insert
+            result = db.session.execute(insert(Blob).values(rows).on_conflict_do_nothing(index_elements=[Blob.sha256]))
+            db.session.commit()
+            return result.rowcount
+        db.session.rollback()
+        return 0
 
+    now = utcnow()
     for sha in storage.iter_blobs():
         batch.append(sha)
         if len(batch) >= batch_size:
-            removed += flush()
+            adopted += flush()
     if batch:
-        removed += flush()
-    return removed
+        adopted += flush()
+    return adopted
 
 
 def start_embedded_sweeper(app) -> threading.Thread | None:
@@ -96,11 +138,15 @@ def start_embedded_sweeper(app) -> threading.Thread | None:
         return None
 
     def loop():
+        last_orphan_scan = float("-inf")
         while True:
             time.sleep(interval)
+            scan = time.monotonic() - last_orphan_scan >= app.config["ORPHAN_SWEEP_INTERVAL"]
             try:
                 with app.app_context():
-                    run()
+                    run(orphans=scan)
+                if scan:
+                    last_orphan_scan = time.monotonic()
             except Exception:  # keep sweeping; the next round retries
                 log.exception("embedded sweep failed")
 

@@ -4,6 +4,7 @@ acknowledged late, so a worker killed mid-task leaves the message to be redelive
 from __future__ import annotations
 
 from celery import shared_task
+from flask import current_app
 from sqlalchemy.exc import OperationalError
 
 from . import files, sweep
@@ -17,11 +18,16 @@ from . import files, sweep
     max_retries=20,
 )
 def release_blob_task(sha256: str) -> bool:
-    """Remove a blob's bytes once nothing uses it and its grace period is over."""
-    return files.release_blob(sha256)
+    """Remove a blob's bytes once nothing uses it and its grace period is over.
+
+    Retries with backoff while the database or the disk fails; if it never succeeds the
+    intent stays in the database and the sweep finishes it.
+    """
+    return files.release_blob(sha256, pause=current_app.config["TEST_RELEASE_DELAY"])
 
 
 @shared_task(acks_late=True)
-def sweep_task() -> dict:
-    """The periodic sweep (Celery beat in the stack, a thread on the embedded default)."""
-    return sweep.run().as_dict()
+def sweep_task(orphans: bool = True) -> dict:
+    """The periodic sweep (Celery beat in the stack, a thread on the embedded default);
+    ``orphans`` adds the scan of the storage directory."""
+    return sweep.run(orphans=orphans).as_dict()

@@ -15,6 +15,7 @@ import unicodedata
 from flask import Request, current_app
 from werkzeug.exceptions import BadRequest, ClientDisconnected
 
+from . import offload
 from .storage import UploadFile
 
 # Content types that say nothing about the content: the filename decides instead.
@@ -61,7 +62,11 @@ def multipart_file(request: Request) -> tuple[UploadFile, str, str | None]:
 
 
 def raw_body(request: Request) -> UploadFile:
-    """Copy a raw PUT body into an upload file, chunk by chunk."""
+    """Copy a raw PUT body into an upload file, chunk by chunk (in the stack nginx has
+    already written it to the storage filesystem: see offload.py)."""
+    offloaded = offload.offloaded_body(request)
+    if offloaded is not None:
+        return offloaded
     upload = request.new_upload()
     try:
         upload.copy_from(request.stream)

@@ -7,6 +7,9 @@ from flask import Flask
 
 
 def celery_init_app(app: Flask) -> Celery:
+    """Create the app's Celery instance from ``app.config["CELERY"]`` and register the
+    tasks; with no broker configured the tasks run eagerly in-process."""
+
     class FlaskTask(Task):
         def __call__(self, *args, **kwargs):
             with app.app_context():
@@ -14,8 +17,23 @@ def celery_init_app(app: Flask) -> Celery:
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(app.config["CELERY"])
+    interval = float(app.config["SWEEP_INTERVAL"])
+    orphan_interval = float(app.config["ORPHAN_SWEEP_INTERVAL"])
+    # A sweep nobody ran within its interval is superseded by the next one: with the
+    # workers down, beat must not pile up a backlog of identical sweeps.
     celery_app.conf.beat_schedule = {
-        "sweep": {"task": "vimeo_api.tasks.sweep_task", "schedule": float(app.config["SWEEP_INTERVAL"])},
+        "sweep": {
+            "task": "vimeo_api.tasks.sweep_task",
+            "schedule": interval,
+            "kwargs": {"orphans": False},
+            "options": {"expires": interval},
+        },
+        "sweep-with-orphan-scan": {
+            "task": "vimeo_api.tasks.sweep_task",
+            "schedule": orphan_interval,
+            "kwargs": {"orphans": True},
+            "options": {"expires": orphan_interval},
+        },
     }
     celery_app.set_default()
     app.extensions["celery"] = celery_app

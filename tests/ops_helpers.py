@@ -1,0 +1,133 @@
+"""Helpers for the operator-tool tests (CLI, health, metrics, logs, OpenAPI, examples).
+
+A private Redis that a test may stop and start (the shared one on 6379 is never
+touched), operator tokens made the way ``manage.py tokens create`` makes them, uploads
+through the Flask client, and ``manage.py`` run as a subprocess against a live server's
+environment.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+API = "/vimeo/api/v1.0"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """A throwaway ``redis-server`` on a free port: no persistence, stopped at the end."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (scripts/ensure-services installs Redis)"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.ping():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"private redis on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A private Redis for this test (the shared one on 6379 is never stopped or flushed)."""
+    redis = PrivateRedis(tmp_path / "redis")
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+def upload(client, content: bytes = b"hello world\n", filename: str = "hello.txt", **fields) -> dict:
+    """Multipart PUT /file through the Flask client; returns the 201 body."""
+    data = {k: str(v) for k, v in fields.items()}
+    data["file"] = (io.BytesIO(content), filename)
+    response = client.put(API + "/file", data=data, content_type="multipart/form-data")
+    assert response.status_code == 201, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def operator_token(app, *scopes: str) -> str:
+    """A bearer token with these scopes (all of them by default)."""
+    from vimeo_api.operators import SCOPES, create_token
+
+    with app.app_context():
+        _token, secret = create_token("test", list(scopes or SCOPES))
+    return secret
+
+
+def manage(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python manage.py ARGS`` with a server's environment (its database and storage)."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def live_operator_token(env: dict) -> str:
+    """A bearer token with every scope, made by ``manage.py tokens create`` on a live server's database."""
+    result = manage(
+        env, "tokens", "create", "--name", "tests",
+        "--scope", "files:read", "--scope", "files:write", "--scope", "stats:read", "--scope", "cache:purge",
+        "--json",
+    )
+    return json.loads(result.stdout)["token"]
+
+
+def metric_samples(text: str, name: str) -> dict[tuple, float]:
+    """``{labels: value}`` of one metric family in a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                samples[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples

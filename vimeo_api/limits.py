@@ -1,0 +1,165 @@
+"""Rate limits (Flask-Limiter): uploads per client address, and wrong passwords per file
+and client address, each answered ``429 Too Many Requests`` with ``Retry-After`` and
+``X-RateLimit-*``; and where the client address comes from.
+
+The client address is the peer's, or, behind ``TRUSTED_PROXY_COUNT`` proxies (nginx in
+the stack), the one those proxies put in ``X-Forwarded-For`` (werkzeug's ``ProxyFix``).
+With no trusted proxy (the embedded default) that header is never read, so a client
+cannot pick the address it is counted under.
+
+Each app gets its own ``Limiter``: Flask-Limiter keeps its storage and its outage state
+on the instance, so one module-level instance shared by several apps (as in the tests)
+would count every app's requests in the storage of whichever app was made last.
+
+- Uploads: an application-wide limit shared by the upload routes, checked before the
+  body is read (``UPLOAD_RATE_LIMIT``, default 600/minute: room for scripts).
+- Wrong passwords: only failures count, and the budget is checked before the password
+  is hashed, so a client that used it up gets 429 without costing a slow hash, even
+  with the right password, until the window moves (``PASSWORD_RATE_LIMIT``, default
+  10/minute). Only password-protected files pay the storage round trip. Downloads and
+  the token-issuing route (which also accepts the password) share the budget.
+  Flask-Limiter's ``deduct_when`` would do the counting too, but as a route limit it
+  would cost every download a round trip to Redis, password or not.
+
+If the storage (Redis) fails, nothing fails with it: Flask-Limiter falls back to
+in-process counting for uploads (``RATELIMIT_IN_MEMORY_FALLBACK_ENABLED``,
+``RATELIMIT_SWALLOW_ERRORS``) and the password budget does the same here, so guessing
+stays throttled per process during an outage.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import threading
+import time
+
+from flask import Flask, current_app, request
+from flask_limiter import ApplicationLimit, Limiter
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage
+from limits.strategies import STRATEGIES
+from werkzeug.exceptions import TooManyRequests
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+log = logging.getLogger(__name__)
+
+UPLOAD_ENDPOINTS = frozenset({"api.upload_multipart", "api.upload_raw", "api.upload_raw_bare"})
+# The blueprint whose requests Flask-Limiter checks (see init_app).
+LIMITED_BLUEPRINT = "api"
+
+
+def client_address() -> str:
+    """The address a request is counted under (see the module's docstring)."""
+    return request.remote_addr or "unknown"
+
+
+def init_app(app: Flask) -> Limiter:
+    """Trust the configured proxies for the client address and set up the limits."""
+    proxies = int(app.config["TRUSTED_PROXY_COUNT"])
+    if proxies > 0:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=0, x_host=0, x_port=0, x_prefix=0)
+
+    limiter = Limiter(
+        client_address,
+        application_limits=[
+            ApplicationLimit(
+                lambda: current_app.config["UPLOAD_RATE_LIMIT"],
+                scope="upload",
+                exempt_when=lambda: request.endpoint not in UPLOAD_ENDPOINTS,
+                error_message="Too many uploads from this address; retry after Retry-After seconds.",
+            )
+        ],
+    )
+    limiter.init_app(app)
+    # Flask-Limiter checks in an app-wide before_request hook, registered here before the
+    # hook that assigns the request id, so its 429 would carry none; and it costs every
+    # request (a download's included) about as much as a cached 304's whole view. Run it
+    # after every app-wide hook, as the API blueprint's, and for uploads only.
+    hooks = app.before_request_funcs.setdefault(None, [])
+    check = next(f for f in hooks if getattr(f, "__self__", None) is limiter)
+    hooks.remove(check)
+
+    def check_upload_limit():
+        if request.endpoint in UPLOAD_ENDPOINTS:
+            check()
+
+    app.before_request_funcs.setdefault(LIMITED_BLUEPRINT, []).append(check_upload_limit)
+
+    app.extensions["vimeo_limiter"] = limiter
+    app.extensions["vimeo_password_limiter"] = _PasswordBudget(limiter, app)
+    return limiter
+
+
+class TooManyAttempts(TooManyRequests):
+    """A 429 that also tells the limit, as Flask-Limiter's headers do."""
+
+    def __init__(self, description: str, item: RateLimitItem, reset_at: float):
+        retry_after = max(1, math.ceil(reset_at - time.time()))
+        super().__init__(description, retry_after=retry_after)
+        self.rate_headers = [
+            ("X-RateLimit-Limit", str(item.amount)),
+            ("X-RateLimit-Remaining", "0"),
+            ("X-RateLimit-Reset", str(math.ceil(reset_at))),
+        ]
+
+    def get_headers(self, environ=None, scope=None):
+        return [*super().get_headers(environ, scope), *self.rate_headers]
+
+
+class _PasswordBudget:
+    """Failed password attempts per (file, client address), on the limiter's storage."""
+
+    def __init__(self, limiter: Limiter, app: Flask):
+        self.limiter = limiter
+        self.app = app
+        self.prefix = app.config.get("RATELIMIT_KEY_PREFIX") or ""
+        self.fallback = STRATEGIES[app.config.get("RATELIMIT_STRATEGY") or "moving-window"](MemoryStorage())
+        self.down_until = 0.0
+        self.lock = threading.Lock()
+
+    def keys(self, filehash: str) -> tuple[str, ...]:
+        return tuple(k for k in (self.prefix, "password", filehash, client_address()) if k)
+
+    def call(self, method: str, item: RateLimitItem, keys):
+        """Ask the storage; on failure count in this process for a while (and say so once)."""
+        if time.monotonic() >= self.down_until:
+            try:
+                return getattr(self.limiter.limiter, method)(item, *keys)
+            except Exception as exc:  # Redis down or hung: never a 500 for this
+                with self.lock:
+                    first = time.monotonic() >= self.down_until
+                    self.down_until = time.monotonic() + float(self.app.config["CACHE_RETRY_AFTER"])
+                if first:
+                    log.warning(
+                        "rate limit storage unavailable (%s): counting wrong passwords in-process",
+                        exc.__class__.__name__,
+                    )
+        return getattr(self.fallback, method)(item, *keys)
+
+
+@functools.lru_cache(maxsize=16)
+def _item(text: str) -> RateLimitItem:
+    return parse(text)
+
+
+def check_password_attempts(filehash: str) -> None:
+    """429 when this client has used up its wrong-password budget for this file."""
+    budget: _PasswordBudget = current_app.extensions["vimeo_password_limiter"]
+    item = _item(current_app.config["PASSWORD_RATE_LIMIT"])
+    keys = budget.keys(filehash)
+    if budget.call("test", item, keys):
+        return
+    stats = budget.call("get_window_stats", item, keys)
+    raise TooManyAttempts(
+        "Too many wrong passwords for this file from this address; retry after Retry-After seconds.",
+        item,
+        stats.reset_time,
+    )
+
+
+def record_failed_password(filehash: str) -> None:
+    """Count one wrong password for this file from this client."""
+    budget: _PasswordBudget = current_app.extensions["vimeo_password_limiter"]
+    budget.call("hit", _item(current_app.config["PASSWORD_RATE_LIMIT"]), budget.keys(filehash))

@@ -1,0 +1,569 @@
+"""The metadata cache: what the access check, the preconditions and HEAD need to know
+about a file, kept in Flask-Caching's cache (Redis in the stack, in-process on the
+embedded default), so that 304, HEAD and repeated 404/410 answers run no SQL.
+
+Three rules keep it from ever being wrong in a way that matters:
+
+1. It never decides a download. A GET that sends bytes is decided by
+   ``files.consume_download``, whose atomic UPDATE re-checks state, expiry, downloads
+   left and the content hash; the view drops the entry when that UPDATE says no.
+2. Invalidation cannot lose a race with a fill, thanks to epochs. Each filehash has an
+   epoch key holding a random token, and there is a global one (purge all) and one for
+   cached 404s (purge by prefix). A fill reads the epochs *before* it reads the
+   database and stores them with the data; a read uses an entry only when the epochs it
+   carries are the current ones. ``invalidate`` runs after the commit of a change and
+   writes a new token, so a fill that read the old row carries the old token and is
+   never used. Tokens are random rather than counters so that a value can never come
+   back (a counter that was evicted or cleared would restart at 1), and a missing epoch
+   matches nothing, so eviction or ``manage.py cache clear`` only ever cause misses.
+3. A cache that fails is skipped. Every call is guarded: an error is a miss, a circuit
+   breaker leaves the cache alone for ``CACHE_RETRY_AFTER`` seconds (one slow request per
+   period, not every request), and a warning is logged once per period. Invalidations
+   that could not be written are remembered by the process and written before it reads
+   the cache again (and by a retry thread), so entries that went stale during an outage
+   are not served once the cache is back.
+
+An in-process cache (SimpleCache) is private to one process, while the embedded
+default's gunicorn runs several: there the global epoch lives in a small file beside
+the storage directory, shared by every process, and every invalidation renews it. That
+is coarse (any change drops every process's entries) but right, and costs a small file
+read per lookup.
+
+Entries: ``meta:v1:<filehash>`` → ``(file_epoch, global_epoch, notfound_epoch, data)``
+where data is a dict of ``FileMeta`` fields, or ``None`` for an unknown hash (the cached
+404; a gone file's entry answers 410). An upload does not touch the cache: its filehash
+is 128 fresh random bits that no earlier request can have cached a 404 for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+from urllib.parse import urlsplit
+
+from flask import Flask, current_app, g, has_request_context
+from sqlalchemy import select
+
+from . import observability
+from .extensions import cache, db
+from .models import File, Version, utcnow
+
+log = logging.getLogger(__name__)
+
+META = "meta:v1:"
+EPOCH = "epoch:"
+GLOBAL_EPOCH = "epoch:*global*"
+NOT_FOUND_EPOCH = "epoch:*404*"
+PURGE = "purge:"
+# Invalidations remembered during an outage, per process; past this many the process
+# purges everything instead once the cache is back.
+MAX_PENDING = 10_000
+# Redis SET accepts many keys in one pipeline; larger batches are split.
+BATCH = 500
+# The global and 404 epochs expire too (then every entry misses once), so that nothing
+# this module writes lives forever in a shared Redis.
+SHARED_EPOCH_TTL = 7 * 86400
+
+
+@dataclasses.dataclass(frozen=True)
+class FileMeta:
+    """A file as the download path sees it: ``File``'s attribute names, no session."""
+
+    id: int
+    filehash: str
+    sha256: str
+    size: int
+    content_type: str
+    filename: str
+    modified_at: datetime
+    expires_at: datetime | None
+    max_downloads: int
+    downloads: int
+    status: str
+    gone_reason: str | None
+    password_hash: str | None
+
+    # One definition of availability for rows and cached copies alike.
+    is_available = File.is_available
+
+    @classmethod
+    def of(cls, file) -> FileMeta:
+        return cls(**{f.name: getattr(file, f.name) for f in dataclasses.fields(cls)})
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class CacheUnavailable(Exception):
+    """The cache failed, or the breaker is open: carry on uncached."""
+
+
+# -- per-app state ---------------------------------------------------------------------
+
+class _State:
+    """One process's view of one app's cache: the breaker and the invalidations owed."""
+
+    def __init__(self, app: Flask):
+        self.app = app
+        self.lock = threading.Lock()
+        self.down_until = 0.0
+        self.pending: set[str] = set()
+        self.pending_all = False
+        self.pending_records: list[tuple[str, dict]] = []
+        # Counts what was owed; settle() forgets only what nothing was added to meanwhile.
+        self.owed_generation = 0
+        self.retrying = False
+        self.shared_epoch_file: str | None = None
+
+    @property
+    def retry_after(self) -> float:
+        return float(self.app.config["CACHE_RETRY_AFTER"])
+
+    def usable(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def trip(self, exc: BaseException) -> None:
+        """Open the breaker; warn once per period, not once per request."""
+        with self.lock:
+            first = self.usable()
+            self.down_until = time.monotonic() + self.retry_after
+        if first:
+            log.warning(
+                "cache unavailable (%s: %s): answering uncached for %gs",
+                exc.__class__.__name__, str(exc)[:200], self.retry_after,
+            )
+
+    def owe(self, filehashes: Iterable[str] = (), everything: bool = False, record=None) -> None:
+        """Remember invalidations the cache did not get; a thread retries them."""
+        with self.lock:
+            if everything:
+                self.pending_all = True
+            else:
+                self.pending.update(filehashes)
+                if len(self.pending) > MAX_PENDING:
+                    self.pending_all = True
+            if self.pending_all:
+                self.pending.clear()
+            if record is not None:
+                self.pending_records.append(record)
+            self.owed_generation += 1
+            start = not self.retrying
+            self.retrying = True
+        if start:
+            threading.Thread(target=self._retry_loop, name="vimeo-cache-retry", daemon=True).start()
+
+    def owes(self) -> bool:
+        return bool(self.pending or self.pending_all or self.pending_records)
+
+    def settle(self) -> None:
+        """Write what is owed (raises CacheUnavailable if the cache still fails)."""
+        with self.lock:
+            pending, everything, records = set(self.pending), self.pending_all, list(self.pending_records)
+            generation = self.owed_generation
+        if everything:
+            _renew_global()
+        elif pending:
+            _renew_epochs(sorted(pending))
+        for key, record in records:
+            # Written once the purge it records has been carried out, just above.
+            done = {**record, "status": "done", "completed_at": _now_iso()}
+            _guarded(cache.set, key, done, timeout=int(self.app.config["PURGE_RECORD_TTL"]))
+        with self.lock:
+            del self.pending_records[: len(records)]
+            # A change owed while this ran may have been committed after its write: keep
+            # everything for the next round (writing twice is harmless).
+            if generation == self.owed_generation:
+                self.pending.clear()
+                self.pending_all = False
+
+    def _retry_loop(self) -> None:
+        # Other processes may read the cache as soon as it is back: do not wait for this
+        # process's next request to write what it owes.
+        while True:
+            time.sleep(self.retry_after)
+            with self.app.app_context():
+                try:
+                    if self.usable():
+                        self.settle()
+                except CacheUnavailable:
+                    pass
+                except Exception:  # never let the thread die with invalidations owed
+                    log.exception("could not write the cache invalidations owed")
+            with self.lock:
+                if not self.owes():
+                    self.retrying = False
+                    return
+
+
+def init_app(app: Flask) -> None:
+    """Per-app cache state, and ``X-Cache`` on answers that went through the cache."""
+    state = _State(app)
+    if _process_local(app):
+        state.shared_epoch_file = app.config.get("CACHE_SHARED_EPOCH_FILE") or _default_epoch_file(app)
+    app.extensions["vimeo_metacache"] = state
+
+    @app.after_request
+    def add_x_cache(response):
+        verdict = g.get("vimeo_cache")
+        if verdict:
+            response.headers["X-Cache"] = verdict
+        return response
+
+
+def _default_epoch_file(app: Flask) -> str:
+    """Beside the storage directory (one per deployment, shared by its processes), not in
+    it: that holds stored bytes only."""
+    return app.config["STORAGE_DIR"].rstrip(os.sep) + ".cache-epoch"
+
+
+def _state() -> _State:
+    return current_app.extensions["vimeo_metacache"]
+
+
+def _process_local(app: Flask) -> bool:
+    backend = app.extensions["cache"][cache]
+    from cachelib import SimpleCache
+
+    return isinstance(backend, SimpleCache)
+
+
+def _guarded(fn: Callable, *args, **kwargs):
+    """Call the cache; any failure opens the breaker and becomes CacheUnavailable."""
+    state = _state()
+    if not state.usable():
+        raise CacheUnavailable()
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # connection refused, timeout, a bad reply: all mean "skip"
+        state.trip(exc)
+        raise CacheUnavailable() from exc
+
+
+def _token() -> str:
+    return secrets.token_hex(8)
+
+
+def _now_iso() -> str:
+    return utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- the shared epoch file (in-process caches only) ----------------------------------------
+
+def _read_shared_epoch(path: str) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(64).decode("ascii", "replace") or None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        _state().trip(exc)
+        raise CacheUnavailable() from exc
+
+
+def _write_shared_epoch(path: str) -> str:
+    """A fresh token, written atomically (rename) so readers see the old or the new one."""
+    token = _token()
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(token.encode())
+        os.replace(tmp, path)
+    except OSError as exc:
+        _state().trip(exc)
+        raise CacheUnavailable() from exc
+    return token
+
+
+# -- reading ---------------------------------------------------------------------------
+
+def lookup(filehash: str, load: Callable[[str], object | None], *, fresh: bool = False) -> FileMeta | None:
+    """The file behind ``filehash`` (None: no such file), from the cache when it holds a
+    current entry, else from ``load`` (the database), which then fills the cache.
+
+    ``fresh`` skips the cached entry (the view re-runs a request whose cached metadata
+    the database contradicted). Marks the request ``X-Cache: HIT`` or ``MISS``.
+    """
+    state = _state()
+    cfg = current_app.config
+    meta_key, epoch_key = META + filehash, EPOCH + filehash
+    epochs = None
+    try:
+        if state.owes():
+            state.settle()
+        entry, file_epoch, global_epoch, nf_epoch = _guarded(
+            cache.get_many, meta_key, epoch_key, GLOBAL_EPOCH, NOT_FOUND_EPOCH
+        )
+        if state.shared_epoch_file:
+            global_epoch = _read_shared_epoch(state.shared_epoch_file)
+        if not fresh:
+            found, meta = _use(entry, file_epoch, global_epoch, nf_epoch)
+            if found:
+                _mark(hit=True)
+                return meta
+        epochs = _ensure_epochs(state, epoch_key, file_epoch, global_epoch, nf_epoch)
+    except CacheUnavailable:
+        epochs = None
+    _mark(hit=False)
+    # The epochs were read above, before this read of the database: see rule 2.
+    file = load(filehash)
+    meta = FileMeta.of(file) if file is not None else None
+    if epochs is not None:
+        ttl = cfg["CACHE_META_TTL"] if meta is not None else cfg["CACHE_NOT_FOUND_TTL"]
+        value = (*epochs, meta.as_dict() if meta is not None else None)
+        try:
+            _guarded(cache.set, meta_key, value, timeout=int(ttl))
+        except CacheUnavailable:
+            pass
+    return meta
+
+
+def _use(entry, file_epoch, global_epoch, nf_epoch) -> tuple[bool, FileMeta | None]:
+    """(True, meta) when the entry is current; (False, None) when it must be refilled."""
+    if not (isinstance(entry, tuple) and len(entry) == 4):
+        return False, None
+    e_file, e_global, e_nf, data = entry
+    # A missing epoch (never written, evicted, cleared) matches nothing.
+    if None in (file_epoch, global_epoch) or (e_file, e_global) != (file_epoch, global_epoch):
+        return False, None
+    if data is None:
+        if nf_epoch is None or e_nf != nf_epoch:
+            return False, None
+        return True, None
+    try:
+        return True, FileMeta(**data)
+    except TypeError:  # written by another version of this module
+        return False, None
+
+
+def _ensure_epochs(state: _State, epoch_key, file_epoch, global_epoch, nf_epoch) -> tuple:
+    """The current epochs, creating those that do not exist yet."""
+    if file_epoch is None:
+        file_epoch = _create(epoch_key, int(current_app.config["CACHE_EPOCH_TTL"]))
+    if global_epoch is None:
+        if state.shared_epoch_file:
+            global_epoch = _write_shared_epoch(state.shared_epoch_file)
+        else:
+            global_epoch = _create(GLOBAL_EPOCH, SHARED_EPOCH_TTL)
+    if nf_epoch is None:
+        nf_epoch = _create(NOT_FOUND_EPOCH, SHARED_EPOCH_TTL)
+    return file_epoch, global_epoch, nf_epoch
+
+
+def _create(key: str, ttl: int) -> str:
+    """Write a new epoch unless another process just did; return the one in place."""
+    token = _token()
+    if _guarded(cache.add, key, token, timeout=ttl):
+        return token
+    current = _guarded(cache.get, key)
+    if current is None:
+        raise CacheUnavailable()  # it vanished again: do not cache this time
+    return current
+
+
+def _mark(hit: bool) -> None:
+    if has_request_context():
+        g.vimeo_cache = "HIT" if hit else "MISS"
+    observability.record_cache(hit)
+
+
+# -- invalidating ----------------------------------------------------------------------
+
+def invalidate(filehash: str) -> None:
+    """Call after committing any change to a file: its cached entry is never used again."""
+    invalidate_many([filehash])
+
+
+def invalidate_many(filehashes: Iterable[str]) -> bool:
+    """``invalidate`` for many files, one round trip per batch. Never raises: what the
+    cache does not take now is remembered and written when it is back (False)."""
+    filehashes = list(dict.fromkeys(filehashes))
+    if not filehashes:
+        return True
+    try:
+        _renew_epochs(filehashes)
+        return True
+    except CacheUnavailable:
+        _state().owe(filehashes)
+        return False
+
+
+def invalidate_all() -> bool:
+    """Drop every cached entry, 404s included (a purge of everything)."""
+    try:
+        _renew_global()
+        return True
+    except CacheUnavailable:
+        _state().owe(everything=True)
+        return False
+
+
+def invalidate_not_found() -> bool:
+    """Drop every cached 404 (a purge by prefix cannot list the unknown hashes)."""
+    try:
+        _guarded(cache.set, NOT_FOUND_EPOCH, _token(), timeout=SHARED_EPOCH_TTL)
+        return True
+    except CacheUnavailable:
+        _state().owe(everything=True)
+        return False
+
+
+def _renew_epochs(filehashes: list[str]) -> None:
+    state = _state()
+    ttl = int(current_app.config["CACHE_EPOCH_TTL"])
+    for start in range(0, len(filehashes), BATCH):
+        chunk = filehashes[start:start + BATCH]
+        # A new epoch makes the entry unusable; overwriting the entry with None (a miss)
+        # in the same pipelined call frees it at once, one round trip for the batch.
+        mapping = {}
+        for filehash in chunk:
+            mapping[EPOCH + filehash] = _token()
+            mapping[META + filehash] = None
+        _guarded(cache.set_many, mapping, timeout=ttl)
+    if state.shared_epoch_file:
+        # Other processes' in-process caches cannot see the per-file epochs.
+        _write_shared_epoch(state.shared_epoch_file)
+
+
+def _renew_global() -> None:
+    state = _state()
+    if state.shared_epoch_file:
+        _write_shared_epoch(state.shared_epoch_file)
+    _guarded(cache.set_many, {GLOBAL_EPOCH: _token(), NOT_FOUND_EPOCH: _token()}, timeout=SHARED_EPOCH_TTL)
+
+
+# -- purge records ---------------------------------------------------------------------
+
+def save_purge(record: dict) -> bool:
+    """Keep a purge's record for ``GET /purge/<id>``; False when the cache is down (the
+    record is then written once it is back)."""
+    key = PURGE + record["purge_id"]
+    try:
+        _guarded(cache.set, key, record, timeout=int(current_app.config["PURGE_RECORD_TTL"]))
+        return True
+    except CacheUnavailable:
+        _state().owe(record=(key, record))
+        return False
+
+
+def load_purge(purge_id: str) -> dict | None:
+    """A purge's record (raises CacheUnavailable when the cache is down)."""
+    record = _guarded(cache.get, PURGE + purge_id)
+    return record if isinstance(record, dict) else None
+
+
+# -- purging (operator API, SPEC 3.7) -------------------------------------------------------
+
+PURGE_TYPES = ("url", "prefix", "all")
+MAX_PURGE_ITEMS = 1000
+API_PATH = "/vimeo/api/v1.0"
+_HEX = frozenset("0123456789abcdef")
+
+
+def purge(kind: str, items: list[str]) -> dict:
+    """Drop cached metadata and cached 404/410 answers: for file URLs (``url``), for
+    filehashes starting with a prefix (``prefix``), or for everything (``all``).
+
+    Returns the purge's record (also kept for ``GET /purge/<purge_id>``): status
+    ``done``, or ``pending`` when the cache is down and the purge will be carried out as
+    soon as it is back (nothing is served from a cache that is down). Raises ValueError
+    with a message fit for the client when an item cannot be read.
+    """
+    if kind not in PURGE_TYPES:
+        raise ValueError(f"type must be one of {', '.join(PURGE_TYPES)}.")
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise ValueError("items must be a list of strings.")
+    if len(items) > MAX_PURGE_ITEMS:
+        raise ValueError(f"at most {MAX_PURGE_ITEMS} items per purge.")
+    if kind != "all" and not items:
+        raise ValueError(f"a purge of type {kind} needs items.")
+    record = {
+        "purge_id": secrets.token_hex(16),
+        "type": kind,
+        "items": items,
+        "status": "pending",
+        "files": 0,
+        "created_at": _now_iso(),
+        "completed_at": None,
+    }
+    if kind == "all":
+        done = invalidate_all()
+    elif kind == "url":
+        filehashes = [_filehash_of_url(item) for item in items]
+        record["files"] = len(set(filehashes))
+        done = invalidate_many(filehashes)
+    else:
+        prefixes = [_prefix_of(item) for item in items]
+        # Unknown hashes that match are not in the database: drop every cached 404 (cheap
+        # to answer again), and the entries of the files that match.
+        done = invalidate_not_found()
+        for prefix in dict.fromkeys(prefixes):
+            for batch in _filehashes_with_prefix(prefix):
+                record["files"] += len(batch)
+                done = invalidate_many(batch) and done
+    if done:
+        record.update(status="done", completed_at=_now_iso())
+    save_purge(record)
+    return record
+
+
+def _path_of(item: str) -> str:
+    """The API-relative path of a URL or path (``/file/<filehash>``), query cut off."""
+    text = item.strip()
+    path = urlsplit(text).path if "://" in text else text.split("?", 1)[0]
+    return path[len(API_PATH):] if path.startswith(API_PATH + "/") else path
+
+
+def _filehash_of_url(item: str) -> str:
+    """The filehash a file URL, a version URL, their paths, or a bare filehash names."""
+    kind, _, ident = _path_of(item).strip("/").rpartition("/")
+    if kind in ("", "file") and _is_filehash(ident):
+        return ident
+    if kind == "v" and _is_filehash(ident):
+        filehash = db.session.execute(
+            select(File.filehash).join(Version, Version.file_id == File.id).where(Version.version_id == ident)
+        ).scalar_one_or_none()
+        db.session.rollback()
+        if filehash is not None:
+            return filehash
+        raise ValueError(f"no published version at {item!r}.")
+    raise ValueError(f"not a file or version URL of this API: {item!r}.")
+
+
+def _prefix_of(item: str) -> str:
+    """``/vimeo/api/v1.0/file/ab*``, a URL of it, ``ab*`` or ``ab`` → ``ab``."""
+    path = _path_of(item)
+    if path.startswith("/file/"):
+        path = path[len("/file/"):]
+    prefix = path.rstrip("*").lower()
+    if len(prefix) > 32 or not set(prefix) <= _HEX or path.count("*") > 1 or "*" in path.rstrip("*"):
+        raise ValueError(f"not a filehash prefix such as {API_PATH}/file/ab*: {item!r}.")
+    return prefix
+
+
+def _filehashes_with_prefix(prefix: str):
+    """Batches of the filehashes starting with ``prefix`` (all of them for ``""``),
+    keyset-paginated so memory stays flat however many match."""
+    last = ""
+    while True:
+        rows = db.session.execute(
+            select(File.filehash)
+            .where(File.filehash.startswith(prefix, autoescape=True), File.filehash > last)
+            .order_by(File.filehash)
+            .limit(BATCH)
+        ).scalars().all()
+        db.session.rollback()
+        if not rows:
+            return
+        yield list(rows)
+        last = rows[-1]
+
+
+def _is_filehash(value: str) -> bool:
+    return len(value) == 32 and set(value) <= _HEX
