@@ -71,7 +71,8 @@ DEFAULTS: dict[str, object] = {
     # Caching's clear() would FLUSHDB a Redis database that may be shared).
     "CACHE_KEY_PREFIX": "vimeo:",
     # Items an in-process cache keeps before it prunes (Flask-Caching's default is 500).
-    "CACHE_THRESHOLD": 5000,
+    # Past it every write sorts the whole cache to prune (cachelib), so not much more.
+    "CACHE_THRESHOLD": 2000,
     # Seconds a file's metadata, and an unknown hash's 404, stay cached. Changes invalidate
     # at once; these only bound memory (and staleness if an invalidation was lost).
     "CACHE_META_TTL": 300,

@@ -25,9 +25,9 @@ Three rules keep it from ever being wrong in a way that matters:
 
 An in-process cache (SimpleCache) is private to one process, while the embedded
 default's gunicorn runs several: there the global epoch lives in a small file beside
-the storage directory, shared by every process, and every invalidation renews it. That
-is coarse (any change drops every process's entries) but right, and costs a small file
-read per lookup.
+the storage directory, shared by every process, and every invalidation renews it instead
+of a per-file epoch. That is coarse (any change drops every process's entries) but
+right, and costs a small file read per lookup.
 
 Entries: ``meta:v1:<filehash>`` → ``(file_epoch, global_epoch, notfound_epoch, data)``
 where data is a dict of ``FileMeta`` fields, or ``None`` for an unknown hash (the cached
@@ -70,6 +70,8 @@ BATCH = 500
 # The global and 404 epochs expire too (then every entry misses once), so that nothing
 # this module writes lives forever in a shared Redis.
 SHARED_EPOCH_TTL = 7 * 86400
+# The file epoch of every entry of an in-process cache (see the module's docstring).
+LOCAL = "local"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,7 +303,8 @@ def lookup(filehash: str, load: Callable[[str], object | None], *, fresh: bool =
             cache.get_many, meta_key, epoch_key, GLOBAL_EPOCH, NOT_FOUND_EPOCH
         )
         if state.shared_epoch_file:
-            global_epoch = _read_shared_epoch(state.shared_epoch_file)
+            # Every invalidation renews the shared epoch: per-file ones are not kept.
+            file_epoch, global_epoch = LOCAL, _read_shared_epoch(state.shared_epoch_file)
         if not fresh:
             found, meta = _use(entry, file_epoch, global_epoch, nf_epoch)
             if found:
@@ -407,7 +410,10 @@ def invalidate_all() -> bool:
 def invalidate_not_found() -> bool:
     """Drop every cached 404 (a purge by prefix cannot list the unknown hashes)."""
     try:
-        _guarded(cache.set, NOT_FOUND_EPOCH, _token(), timeout=SHARED_EPOCH_TTL)
+        if _state().shared_epoch_file:
+            _write_shared_epoch(_state().shared_epoch_file)
+        else:
+            _guarded(cache.set, NOT_FOUND_EPOCH, _token(), timeout=SHARED_EPOCH_TTL)
         return True
     except CacheUnavailable:
         _state().owe(everything=True)
@@ -416,6 +422,11 @@ def invalidate_not_found() -> bool:
 
 def _renew_epochs(filehashes: list[str]) -> None:
     state = _state()
+    if state.shared_epoch_file:
+        # Other processes' in-process caches cannot see per-file epochs; the shared one
+        # drops every process's entries, this one's included.
+        _write_shared_epoch(state.shared_epoch_file)
+        return
     ttl = int(current_app.config["CACHE_EPOCH_TTL"])
     for start in range(0, len(filehashes), BATCH):
         chunk = filehashes[start:start + BATCH]
@@ -426,9 +437,6 @@ def _renew_epochs(filehashes: list[str]) -> None:
             mapping[EPOCH + filehash] = _token()
             mapping[META + filehash] = None
         _guarded(cache.set_many, mapping, timeout=ttl)
-    if state.shared_epoch_file:
-        # Other processes' in-process caches cannot see the per-file epochs.
-        _write_shared_epoch(state.shared_epoch_file)
 
 
 def _renew_global() -> None:

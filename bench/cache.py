@@ -1,0 +1,226 @@
+#!/usr/bin/env python
+"""The metadata cache on loopback with wrk, in one run: what 304 revalidations and
+repeated 404s gain from answering without SQL.
+
+    .venv/bin/python bench/cache.py [--duration 10] [--connections 32] [--rounds 2]
+
+Two stacks side by side, each nginx (the project's nginx.conf) in front of gunicorn (the
+project's gunicorn.conf.py defaults) on one PostgreSQL database:
+
+* ``cached``: the stack's settings, metadata cached in Redis (``RedisCache``);
+* ``uncached``: the same with ``CACHE_TYPE=NullCache``, every request reads PostgreSQL.
+
+For one small (4 KiB) unlimited file without a password, and an unknown filehash, it
+measures:
+
+* ``200 download``: ``GET /file/<hash>``: the access check (cached or not), the download
+  counted by the database's atomic UPDATE, X-Accel-Redirect, nginx sends the bytes;
+* ``304 revalidation``: the same GET with ``If-None-Match`` of the file's ETag;
+* ``404 unknown``: ``GET /file/<unknown hash>``.
+
+Every scenario is checked once before it is measured (status, X-Cache) and run
+``--rounds`` times round-robin, keeping each one's best. It prints a table with the
+ratios the cache is judged by: cached 304 against the 200 download of the same file and
+against the uncached 304, and cached 404 against uncached 404.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import redis
+import requests
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from deploy.stack import (  # noqa: E402
+    NginxSettings,
+    check_nginx_conf,
+    free_port,
+    gunicorn_command,
+    nginx_command,
+    spawn,
+    stop,
+    wait_for_http,
+    write_nginx_conf,
+)
+
+API = "/vimeo/api/v1.0"
+PG_ADMIN_URL = os.environ.get("VIMEO_BENCH_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("VIMEO_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+# wrk prints one JSON line at the end: totals and non-2xx/3xx answers.
+WRK_REPORT = """
+done = function(summary, latency, requests)
+  io.write(string.format('{"requests": %d, "duration_us": %d, "non_2xx_3xx": %d, '
+    .. '"errors": %d, "p50_ms": %.3f, "p99_ms": %.3f}\\n',
+    summary.requests, summary.duration, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def wrk(url: str, duration: int, connections: int, script: Path, headers: dict) -> dict:
+    argv = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", "--timeout", "30s",
+            "-s", str(script)]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    report["rps"] = report["requests"] / (report["duration_us"] / 1e6)
+    return report
+
+
+def start_stack(work: Path, name: str, db_url: str, storage: Path, env_extra: dict, procs: list) -> str:
+    """gunicorn + nginx for one configuration; returns nginx's base URL."""
+    nginx_port, app_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIMEO_", "GUNICORN_"))}
+    env.update({
+        "VIMEO_DATABASE_URL": db_url,
+        "VIMEO_STORAGE_DIR": str(storage),
+        "VIMEO_PUBLIC_URL": f"http://127.0.0.1:{nginx_port}",
+        "VIMEO_EMBEDDED_SWEEP_INTERVAL": "0",
+        "VIMEO_DELIVERY": "accel",
+        "VIMEO_UPLOAD_OFFLOAD": "1",
+        "VIMEO_TRUSTED_PROXY_COUNT": "1",
+        "GUNICORN_BIND": f"127.0.0.1:{app_port}",
+        "GUNICORN_KEEPALIVE": "75",
+        "GUNICORN_ACCESSLOG": "/dev/null",  # nginx logs every request; the app its JSON line
+        **env_extra,
+    })
+    procs.append(spawn(gunicorn_command(), env, work / f"gunicorn-{name}.log"))
+    wait_for_http(f"http://{env['GUNICORN_BIND']}/healthz", procs=[procs[-1]])
+    settings = NginxSettings(
+        listen=f"127.0.0.1:{nginx_port}", app_address=env["GUNICORN_BIND"], storage_dir=str(storage),
+        runtime_dir=str(work / f"nginx-{name}"), log_dir=str(work / f"log-{name}"),
+    )
+    conf = write_nginx_conf(settings)
+    check_nginx_conf(conf, settings)
+    procs.append(spawn(nginx_command(conf, settings), env, work / f"nginx-{name}.out"))
+    base = f"http://127.0.0.1:{nginx_port}"
+    wait_for_http(base + "/healthz", procs=[procs[-1]])
+    return base
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--rounds", type=int, default=2, help="round-robin runs of every scenario (best kept)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) and print it")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: scripts/install-nginx wrk (or apt-get install wrk)")
+
+    load_before = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="vimeo-bench-cache-"))
+    db_name = f"vimeo_bench_{secrets.token_hex(4)}"
+    prefix = f"vimeo_bench_{secrets.token_hex(4)}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{db_name}"'))
+    db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + db_name
+    procs: list = []
+    try:
+        storage = work / "storage"
+        migrate_env = {**os.environ, "VIMEO_DATABASE_URL": db_url, "VIMEO_STORAGE_DIR": str(storage)}
+        subprocess.run([sys.executable, "manage.py", "db", "upgrade"], cwd=ROOT, env=migrate_env, check=True,
+                       capture_output=True)
+        limits = {"VIMEO_RATELIMIT_STORAGE_URI": f"{REDIS_URL}/2", "VIMEO_RATELIMIT_KEY_PREFIX": prefix}
+        bases = {
+            "cached": start_stack(work, "cached", db_url, storage, {
+                "VIMEO_CACHE_TYPE": "RedisCache", "VIMEO_CACHE_REDIS_URL": f"{REDIS_URL}/1",
+                "VIMEO_CACHE_KEY_PREFIX": prefix + ":", **limits}, procs),
+            "uncached": start_stack(work, "uncached", db_url, storage, {
+                "VIMEO_CACHE_TYPE": "NullCache", "VIMEO_CACHE_NO_NULL_WARNING": "true", **limits}, procs),
+        }
+        script = work / "report.lua"
+        script.write_text(WRK_REPORT)
+
+        content = os.urandom(4096)
+        up = requests.put(f"{bases['cached']}{API}/upload/small.bin", data=content,
+                          headers={"X-Max-Downloads": "0"}, timeout=60)
+        up.raise_for_status()
+        body = up.json()
+        file_path, unknown_path = f"{API}/file/{body['filehash']}", f"{API}/file/{'0' * 32}"
+        revalidate = {"If-None-Match": body["etag"]}
+        scenarios = []
+        for config, base in bases.items():
+            for name, path, headers, status in [
+                ("200 download", file_path, {}, 200),
+                ("304 revalidation", file_path, revalidate, 304),
+                ("404 unknown", unknown_path, {}, 404),
+            ]:
+                for _ in range(2):  # the second answer is the one measured: cached if it can be
+                    check = requests.get(base + path, headers=headers, timeout=60)
+                assert check.status_code == status, (config, name, check.status_code)
+                if status == 200:
+                    assert check.content == content
+                else:
+                    expected = "HIT" if config == "cached" else "MISS"
+                    assert check.headers.get("X-Cache") == expected, (config, name, check.headers)
+                scenarios.append((config, name, base + path, headers))
+
+        best: dict[tuple[str, str], dict] = {}
+        for round_ in range(1, args.rounds + 1):
+            for config, name, url, headers in scenarios:
+                wrk(url, 2, args.connections, script, headers)  # warm-up
+                report = wrk(url, args.duration, args.connections, script, headers)
+                report.update(config=config, scenario=name)
+                print(f"  round {round_}  {config:<8} {name:<17} {report['rps']:>9.0f} req/s  "
+                      f"p99 {report['p99_ms']:.1f} ms  non-2xx/3xx {report['non_2xx_3xx']}  errors {report['errors']}",
+                      file=sys.stderr, flush=True)
+                if (config, name) not in best or report["rps"] > best[config, name]["rps"]:
+                    best[config, name] = report
+
+        nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+        nginx_version = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
+        print(f"\nmachine: {os.cpu_count()} CPUs (nproc {nproc}), {platform.machine()}, {platform.platform()}")
+        print(f"nginx {nginx_version}, Redis {redis.Redis.from_url(REDIS_URL).info()['redis_version']},"
+              f" wrk {args.duration} s per scenario, {args.connections} connections, 2 threads, loopback,"
+              f" best of {args.rounds} rounds, load average before: {' '.join(f'{x:.2f}' for x in load_before)}\n")
+        print("| stack | scenario | req/s | p50 ms | p99 ms | errors |")
+        print("|---|---|---:|---:|---:|---:|")
+        for (config, name), row in best.items():
+            print(f"| {config} | {name} | {row['rps']:,.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} |")
+        rps = {key: row["rps"] for key, row in best.items()}
+        print("\n| ratio | value |")
+        print("|---|---:|")
+        for label, num, den in [
+            ("cached 304 / 200 download (same file, same stack)", ("cached", "304 revalidation"), ("cached", "200 download")),
+            ("cached 304 / uncached 304", ("cached", "304 revalidation"), ("uncached", "304 revalidation")),
+            ("cached 304 / uncached 200 download", ("cached", "304 revalidation"), ("uncached", "200 download")),
+            ("cached 404 / uncached 404", ("cached", "404 unknown"), ("uncached", "404 unknown")),
+        ]:
+            print(f"| {label} | {rps[num] / rps[den]:.2f}× |")
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+        admin.dispose()
+        for database in (1, 2):
+            client = redis.Redis.from_url(f"{REDIS_URL}/{database}")
+            keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+        if args.keep:
+            print(f"work directory: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
