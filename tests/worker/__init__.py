@@ -1,0 +1,1 @@
+"""Tests with real Celery workers, Redis and PostgreSQL processes."""

@@ -1,0 +1,34 @@
+"""Fixtures of the worker tests: a private PostgreSQL cluster for the session and a
+factory of stacks (see harness.py) that stops every process it started."""
+
+from __future__ import annotations
+
+import pytest
+
+from .harness import PrivatePostgres, Stack
+
+
+# -- fixtures ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def private_postgres():
+    """One private PostgreSQL cluster for the worker tests; each stack has its own database."""
+    pg = PrivatePostgres()
+    pg.start()
+    yield pg
+    pg.destroy()
+
+
+@pytest.fixture(scope="module")
+def stack_factory(private_postgres, tmp_path_factory):
+    """Build stacks for one test module; all of them are stopped when the module ends."""
+    stacks: list[Stack] = []
+
+    def build(name: str, pg: PrivatePostgres | None = None, **settings) -> Stack:
+        stack = Stack(tmp_path_factory.mktemp(name), pg or private_postgres, **settings)
+        stacks.append(stack)
+        return stack
+
+    yield build
+    for stack in stacks:
+        stack.close()
