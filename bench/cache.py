@@ -27,7 +27,6 @@ against the uncached 304, and cached 404 against uncached 404.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import secrets
@@ -44,6 +43,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.measure import wrk, write_wrk_script  # noqa: E402
 from deploy.stack import (  # noqa: E402
     NginxSettings,
     check_nginx_conf,
@@ -60,28 +60,6 @@ API = "/vimeo/api/v1.0"
 PG_ADMIN_URL = os.environ.get("VIMEO_BENCH_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("VIMEO_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 # wrk prints one JSON line at the end: totals and non-2xx/3xx answers.
-WRK_REPORT = """
-done = function(summary, latency, requests)
-  io.write(string.format('{"requests": %d, "duration_us": %d, "non_2xx_3xx": %d, '
-    .. '"errors": %d, "p50_ms": %.3f, "p99_ms": %.3f}\\n',
-    summary.requests, summary.duration, summary.errors.status,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
-end
-"""
-
-
-def wrk(url: str, duration: int, connections: int, script: Path, headers: dict) -> dict:
-    argv = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", "--timeout", "30s",
-            "-s", str(script)]
-    for name, value in headers.items():
-        argv += ["-H", f"{name}: {value}"]
-    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
-    report = json.loads(out.strip().splitlines()[-1])
-    report["rps"] = report["requests"] / (report["duration_us"] / 1e6)
-    return report
-
-
 def start_stack(work: Path, name: str, db_url: str, storage: Path, env_extra: dict, procs: list) -> str:
     """gunicorn + nginx for one configuration; returns nginx's base URL."""
     nginx_port, app_port = free_port(), free_port()
@@ -145,8 +123,7 @@ def main() -> int:
             "uncached": start_stack(work, "uncached", db_url, storage, {
                 "VIMEO_CACHE_TYPE": "NullCache", "VIMEO_CACHE_NO_NULL_WARNING": "true", **limits}, procs),
         }
-        script = work / "report.lua"
-        script.write_text(WRK_REPORT)
+        script = write_wrk_script(work)
 
         content = os.urandom(4096)
         up = requests.put(f"{bases['cached']}{API}/upload/small.bin", data=content,

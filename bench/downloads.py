@@ -21,7 +21,6 @@ nginx.conf. It prints req/s, MB/s of file bytes and each figure's ratio to nginx
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import secrets
@@ -37,6 +36,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.measure import MiB, wrk, write_wrk_script  # noqa: E402
 from deploy.stack import (  # noqa: E402
     NginxSettings,
     check_nginx_conf,
@@ -49,39 +49,16 @@ from deploy.stack import (  # noqa: E402
     write_nginx_conf,
 )
 
-MiB = 1024 * 1024
 API = "/vimeo/api/v1.0"
 PG_ADMIN_URL = os.environ.get("VIMEO_BENCH_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 SIZES = {"4 KiB": 4 * 1024, "16 MiB": 16 * MiB}
-# wrk prints one JSON line at the end: totals and non-2xx/3xx answers.
-WRK_REPORT = """
-done = function(summary, latency, requests)
-  io.write(string.format('{"requests": %d, "duration_us": %d, "bytes": %d, "non_2xx_3xx": %d, '
-    .. '"errors": %d, "p50_ms": %.3f, "p99_ms": %.3f}\\n',
-    summary.requests, summary.duration, summary.bytes, summary.errors.status,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
-end
-"""
 STATIC = """
         # The benchmark's baseline: the same blob files, served statically.
         location /static/ {
             alias @storage/blobs/;
         }
 """
-
-
-def wrk(url: str, duration: int, connections: int, script: Path) -> dict:
-    threads = min(2, connections)
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "30s", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    report = json.loads(out.strip().splitlines()[-1])
-    report["rps"] = report["requests"] / (report["duration_us"] / 1e6)
-    return report
-
-
+# wrk prints one JSON line at the end: totals and non-2xx/3xx answers.
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
@@ -133,8 +110,7 @@ def main() -> int:
         procs.append(spawn(nginx_command(conf, settings), base_env, work / "nginx.out"))
         nginx = f"http://127.0.0.1:{nginx_port}"
         wait_for_http(nginx + "/healthz", procs=[procs[-1]])
-        script = work / "report.lua"
-        script.write_text(WRK_REPORT)
+        script = write_wrk_script(work)
 
         scenarios = []
         for label, size in SIZES.items():

@@ -18,57 +18,22 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-MiB = 1024 * 1024
+sys.path.insert(0, str(ROOT))
+
+from bench.measure import MiB, PeakRSS, dd_seconds  # noqa: E402
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class PeakRSS(threading.Thread):
-    """Samples the RSS of a process tree's workers (every process but the master)."""
-
-    def __init__(self, master_pid: int):
-        super().__init__(daemon=True)
-        self.master = psutil.Process(master_pid)
-        self.peak = 0
-        self.stop = threading.Event()
-
-    def run(self):
-        while not self.stop.is_set():
-            for child in self.master.children(recursive=True):
-                try:
-                    self.peak = max(self.peak, child.memory_info().rss)
-                except psutil.NoSuchProcess:
-                    pass
-            time.sleep(0.01)
-
-    def reset(self):
-        self.peak = 0
-
-
-def dd_seconds(directory: Path, size_mib: int) -> float:
-    target = directory / "dd.bin"
-    start = time.perf_counter()
-    subprocess.run(
-        ["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={size_mib}", "conv=fsync"],
-        check=True,
-        capture_output=True,
-    )
-    elapsed = time.perf_counter() - start
-    target.unlink()
-    return elapsed
 
 
 def curl_upload(args: list[str]) -> tuple[float, int]:
@@ -140,7 +105,7 @@ def main() -> int:
                 raise SystemExit(f"{label}: HTTP {status}")
             rows.append((label, elapsed, sampler.peak, status))
             source.unlink()
-        sampler.stop.set()
+        sampler.done.set()
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -148,8 +113,8 @@ def main() -> int:
 
     print(f"upload of {opts.size_mib} MiB, machine: {os.cpu_count()} CPUs, {os.uname().machine}")
     print(f"gunicorn worker RSS when idle: {idle_rss / MiB:.1f} MiB")
-    print(f"| scenario | seconds | MB/s | ratio to dd | worker peak RSS |")
-    print(f"|---|---|---|---|---|")
+    print("| scenario | seconds | MB/s | ratio to dd | worker peak RSS |")
+    print("|---|---|---|---|---|")
     for label, seconds, peak, _status in rows:
         mbs = size / seconds / 1e6
         ratio = baseline / seconds

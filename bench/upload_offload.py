@@ -23,16 +23,15 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import psutil
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.measure import MiB, PeakRSS, dd_seconds  # noqa: E402
 from deploy.stack import (  # noqa: E402
     NginxSettings,
     check_nginx_conf,
@@ -45,27 +44,7 @@ from deploy.stack import (  # noqa: E402
     write_nginx_conf,
 )
 
-MiB = 1024 * 1024
 PG_ADMIN_URL = os.environ.get("VIMEO_BENCH_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-
-
-class PeakRSS(threading.Thread):
-    """The largest RSS seen of any child of ``pid`` (gunicorn's or nginx's workers)."""
-
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.parent = psutil.Process(pid)
-        self.peak = 0
-        self.done = threading.Event()
-
-    def run(self):
-        while not self.done.is_set():
-            for child in self.parent.children(recursive=True):
-                try:
-                    self.peak = max(self.peak, child.memory_info().rss)
-                except psutil.NoSuchProcess:
-                    pass
-            time.sleep(0.01)
 
 
 def make_source(path: Path, size: int) -> str:
@@ -79,16 +58,6 @@ def make_source(path: Path, size: int) -> str:
             out.write(chunk)
             left -= len(chunk)
     return digest.hexdigest()
-
-
-def dd(directory: Path, size_mib: int) -> float:
-    target = directory / "dd.bin"
-    start = time.monotonic()
-    subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={size_mib}", "conv=fsync"],
-                   check=True, capture_output=True)
-    elapsed = time.monotonic() - start
-    target.unlink()
-    return size_mib * MiB / elapsed / 1e6
 
 
 def main() -> int:
@@ -142,7 +111,7 @@ def main() -> int:
         source = work / "source.bin"
         for run in range(1, args.runs + 1):
             sha = make_source(source, size)
-            dds.append(dd(work, args.size_mib))
+            dds.append(args.size_mib * MiB / dd_seconds(work, args.size_mib) / 1e6)
             app_rss, nginx_rss = PeakRSS(gunicorn.pid), PeakRSS(nginx.pid)
             app_rss.start()
             nginx_rss.start()
