@@ -10,7 +10,6 @@ after the test; outage tests run their own ``redis-server``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import secrets
 import shutil
@@ -151,16 +150,6 @@ def counting_sql(app):
         yield counter
     finally:
         event.remove(engine, "before_cursor_execute", counter)
-
-
-def make_operator_token(target, *scopes: str) -> str:
-    """Insert an operator token the way ``manage.py tokens create`` stores it."""
-    secret = "vmo_" + secrets.token_urlsafe(16)
-    target.sql(
-        "insert into api_tokens (name, token_hash, scopes, created_at) values (:n, :h, :s, CURRENT_TIMESTAMP)",
-        n="test", h=hashlib.sha256(secret.encode()).hexdigest(), s=" ".join(scopes),
-    )
-    return secret
 
 
 def bearer(secret: str) -> dict:

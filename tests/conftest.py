@@ -7,6 +7,7 @@ server that cannot be reached fails the run: nothing is skipped.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import signal
@@ -251,6 +252,15 @@ class Target:
         """Multipart PUT /file, the original contract."""
         part = (filename, content, content_type) if content_type else (filename, content)
         return self.request("PUT", "/file", data={k: str(v) for k, v in fields.items()}, files={"file": part})
+
+    def operator_token(self, *scopes: str) -> str:
+        """An operator bearer token, stored the way ``manage.py tokens create`` stores it."""
+        secret = "vmo_" + secrets.token_urlsafe(16)
+        self.sql(
+            "insert into api_tokens (name, token_hash, scopes, created_at) values (:n, :h, :s, CURRENT_TIMESTAMP)",
+            n="test", h=hashlib.sha256(secret.encode()).hexdigest(), s=" ".join(scopes),
+        )
+        return secret
 
     def sql(self, statement: str, **params):
         if self._engine is None:

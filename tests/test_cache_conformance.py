@@ -8,7 +8,7 @@ checked on the answers the app gives itself (HEAD, 304, 404, 410, 401).
 
 from __future__ import annotations
 
-from cache_support import bearer, make_operator_token
+from cache_support import bearer
 
 
 def uploaded(target, content: bytes = b"conformant\n", **fields) -> dict:
@@ -74,7 +74,7 @@ def test_changes_are_seen_at_once(target):
 
 
 def test_purge(target):
-    token = make_operator_token(target, "cache:purge")
+    token = target.operator_token("cache:purge")
     body = uploaded(target, max_downloads=0)
     target.request("HEAD", path(body))
     assert target.request("HEAD", path(body)).headers["X-Cache"] == "HIT"

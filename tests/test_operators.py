@@ -3,21 +3,9 @@ and the ``tokens`` commands through the CLI runner."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import secrets
 
 import pytest
-
-
-def make_token(target, *scopes: str) -> str:
-    """Insert an operator token the way ``manage.py tokens create`` stores it."""
-    secret = "vmo_" + secrets.token_urlsafe(16)
-    target.sql(
-        "insert into api_tokens (name, token_hash, scopes, created_at) values (:n, :h, :s, CURRENT_TIMESTAMP)",
-        n="test", h=hashlib.sha256(secret.encode()).hexdigest(), s=" ".join(scopes),
-    )
-    return secret
 
 
 def bearer(secret: str) -> dict:
@@ -25,7 +13,7 @@ def bearer(secret: str) -> dict:
 
 
 def test_pages_through_every_file_once_while_files_are_added(target):
-    token = make_token(target, "files:read")
+    token = target.operator_token("files:read")
     uploaded = {target.upload(f"file {i}".encode(), f"f{i}.txt").json()["filehash"] for i in range(5)}
     seen, cursor, pages = [], None, 0
     while True:
@@ -46,7 +34,7 @@ def test_pages_through_every_file_once_while_files_are_added(target):
 
 
 def test_the_status_filter(target):
-    token = make_token(target, "files:read")
+    token = target.operator_token("files:read")
     kept = target.upload(b"kept", "k.txt", max_downloads=0).json()
     used = target.upload(b"used", "u.txt").json()
     assert target.request("GET", used["url"]).status == 200
@@ -60,14 +48,14 @@ def test_the_status_filter(target):
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "cursor=%%%", "status=weird"])
 def test_bad_list_parameters_are_400(target, query):
-    token = make_token(target, "files:read")
+    token = target.operator_token("files:read")
     r = target.request("GET", "/files?" + query, headers=bearer(token))
     assert r.status == 400
     assert r.json()["error"] == "Bad Request"
 
 
 def test_stats_count_files_bytes_and_downloads(target):
-    token = make_token(target, "stats:read")
+    token = target.operator_token("stats:read")
     a = target.upload(b"a" * 100, "a.bin").json()
     target.upload(b"b" * 50, "b.bin", max_downloads=0)
     assert target.request("GET", a["url"]).status == 200
@@ -79,7 +67,7 @@ def test_stats_count_files_bytes_and_downloads(target):
 
 
 def test_tokens_need_the_right_scope(target):
-    reader = make_token(target, "files:read")
+    reader = target.operator_token("files:read")
     assert target.request("GET", "/files").status == 401
     assert target.request("GET", "/files", headers=bearer("vmo_unknown")).status == 401
     assert target.request("GET", "/files", headers={"Authorization": "Basic eDp5"}).status == 401
@@ -89,8 +77,8 @@ def test_tokens_need_the_right_scope(target):
 
 
 def test_an_operator_with_files_write_deletes_any_file(target):
-    writer = make_token(target, "files:write")
-    reader = make_token(target, "files:read")
+    writer = target.operator_token("files:write")
+    reader = target.operator_token("files:read")
     up = target.upload(b"doomed", "d.txt", max_downloads=0).json()
     assert target.request("DELETE", f"/file/{up['filehash']}", headers=bearer(reader)).status == 403
     r = target.request("DELETE", f"/file/{up['filehash']}", headers=bearer(writer))
