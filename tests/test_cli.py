@@ -10,7 +10,8 @@ import json
 import os
 from datetime import timedelta
 
-from ops_helpers import API, operator_token, private_redis, upload  # noqa: F401
+from cache_support import private_redis  # noqa: F401  (fixture)
+from ops_helpers import API, operator_token, upload
 from sqlalchemy import text
 
 from vimeo_api.extensions import db
@@ -262,11 +263,11 @@ def test_cache_clear_empties_the_cache_and_reaches_other_processes(app, client, 
 def test_cache_clear_on_redis_and_a_one_line_failure_when_redis_is_down(make_app, private_redis):
     from vimeo_api.extensions import cache
 
-    app = make_app(backend="sqlite", CACHE_TYPE="RedisCache", CACHE_REDIS_URL=private_redis.url)
+    app = make_app(backend="sqlite", CACHE_TYPE="RedisCache", CACHE_REDIS_URL=private_redis.url())
     runner = app.test_cli_runner()
     import redis
 
-    others = redis.Redis.from_url(private_redis.url)
+    others = redis.Redis.from_url(private_redis.url())
     others.set("not-ours", "kept")  # a key outside CACHE_KEY_PREFIX: clear must not flush it
     with app.app_context():
         cache.set("probe", "value")

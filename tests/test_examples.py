@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from ops_helpers import free_port, live_operator_token, private_redis  # noqa: F401
+from cache_support import private_redis  # noqa: F401  (fixture)
+from ops_helpers import free_port, live_operator_token
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -91,7 +92,7 @@ def test_a_script_needs_the_base_url():
 
 def test_the_examples_against_gunicorn(gunicorn_server, private_redis):
     server = gunicorn_server(workers=2, threads=4, VIMEO_CACHE_TYPE="RedisCache",
-                             VIMEO_CACHE_REDIS_URL=private_redis.url)
+                             VIMEO_CACHE_REDIS_URL=private_redis.url())
     failures = run_all(server.base, live_operator_token(server.env))
     assert not failures, "\n\n".join(failures)
 
@@ -100,7 +101,7 @@ def test_the_examples_through_the_nginx_stack(pg_url, tmp_path, private_redis):
     from stack.harness import start_stack
 
     stack = start_stack(tmp_path / "stack", pg_url, VIMEO_CACHE_TYPE="RedisCache",
-                        VIMEO_CACHE_REDIS_URL=private_redis.url)
+                        VIMEO_CACHE_REDIS_URL=private_redis.url())
     try:
         failures = run_all(stack.base, live_operator_token(stack.env))
     finally:

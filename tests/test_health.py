@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 
-from ops_helpers import free_port, private_redis  # noqa: F401
+from cache_support import private_redis  # noqa: F401  (fixture)
+from ops_helpers import free_port
 
 from vimeo_api import create_app
 
@@ -40,7 +41,7 @@ def test_readyz_reports_each_check_on_the_embedded_default(client, backend):
 
 
 def test_readyz_names_redis_when_the_cache_redis_stops_and_recovers(make_app, private_redis):
-    app = make_app(backend="sqlite", CACHE_TYPE="RedisCache", CACHE_REDIS_URL=private_redis.url)
+    app = make_app(backend="sqlite", CACHE_TYPE="RedisCache", CACHE_REDIS_URL=private_redis.url())
     client = app.test_client()
 
     ready = client.get("/readyz")
@@ -58,7 +59,7 @@ def test_readyz_names_redis_when_the_cache_redis_stops_and_recovers(make_app, pr
     assert "cache is down (Redis" in body["message"]
     assert "database" not in body["message"] and "storage" not in body["message"]
     assert down.headers["Retry-After"] == "5"
-    assert private_redis.url not in body["message"]
+    assert private_redis.url() not in body["message"]
 
     private_redis.start()  # the same port again
     back = client.get("/readyz")
@@ -67,7 +68,7 @@ def test_readyz_names_redis_when_the_cache_redis_stops_and_recovers(make_app, pr
 
 
 def test_readyz_checks_the_broker_with_a_short_timeout(make_app, private_redis):
-    app = make_app(backend="sqlite", BROKER_URL=private_redis.url)
+    app = make_app(backend="sqlite", BROKER_URL=private_redis.url())
     client = app.test_client()
     assert client.get("/readyz").get_json()["checks"]["broker"] == "ok"
 
