@@ -38,6 +38,8 @@ MiB = 1024 * 1024
 # Where nginx's raw-upload body files go, below the storage directory (same filesystem
 # as the blobs, so the app renames them into place). vimeo_api/offload.py checks it.
 BODY_DIR = "nginx-body"
+# The errors nginx itself may answer, each as the API's JSON (nginx.conf's @json_<code>).
+JSON_ERROR_CODES = (400, 403, 404, 405, 408, 411, 412, 413, 414, 416, 429, 500, 502, 503, 504)
 
 
 class NginxTemplate(string.Template):
@@ -91,12 +93,20 @@ def render_nginx(settings: NginxSettings) -> str:
         "storage_dir": os.path.abspath(settings.storage_dir),
         "max_body_size": str(int(settings.max_body_size)),
         "extra_locations": settings.extra_locations,
+        "json_error_pages": _error_pages(JSON_ERROR_CODES),
+        # In the fast path's locations nginx's 403 and 500 come from the grant subrequest
+        # (refused, or the app unreachable): the request then goes to the app instead.
+        "fast_error_pages": _error_pages(c for c in JSON_ERROR_CODES if c not in (403, 500)),
     }
     for name in ("runtime_dir", "log_dir", "pid_file", "storage_dir"):
         # nginx would read a space or ';' as the end of the path.
         if any(ch in values[name] for ch in " ;'\"{}$#\n"):
             raise ValueError(f"{name} cannot be used in nginx.conf: {values[name]!r}")
     return NginxTemplate(TEMPLATE.read_text()).substitute(values)
+
+
+def _error_pages(codes) -> str:
+    return "\n        ".join(f"error_page {code} @json_{code};" for code in codes)
 
 
 def write_nginx_conf(settings: NginxSettings) -> Path:

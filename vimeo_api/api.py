@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest, Gone, PreconditionFailed
 
-from . import access, delivery, files, metacache, versions
+from . import access, delivery, fastpath, files, metacache, versions
 from .http_semantics import cache_class, evaluate_preconditions, format_etag
 from .models import File, GoneReason, utcnow
 from .uploads import clean_filename, content_type_for, multipart_file, raw_body
@@ -73,7 +73,11 @@ def _download(filehash: str, *, fresh: bool, stale: list):
                 stale.append(True)
         return False
 
-    return delivery.respond(file, klass, consume=consume)
+    response = delivery.respond(file, klass, consume=consume)
+    if klass == "public":
+        # From now on nginx may answer this file's plain downloads itself (fastpath.py).
+        fastpath.ensure_file(file)
+    return response
 
 
 # -- manage -------------------------------------------------------------------------

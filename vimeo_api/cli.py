@@ -278,15 +278,17 @@ cache_cli = AppGroup("cache", help="The metadata and error cache (Flask-Caching)
 
 @cache_cli.command("clear")
 def clear_cache_command():
-    """Drop everything cached: metadata and cached 4xx answers (never changes a file).
+    """Drop everything cached: metadata, cached 4xx answers and the fast path's grants,
+    so nginx asks the app again (never changes a file).
 
     The backend is emptied (with Redis, the keys under CACHE_KEY_PREFIX), then the
     global epoch is renewed: that is what reaches the in-process caches of the embedded
     default's workers, which this process cannot empty.
     """
-    from . import metacache
+    from . import fastpath, metacache
     from .extensions import cache
 
+    fastpath.revoke_all()
     try:
         cleared = cache.clear()
     except Exception as exc:  # Redis down or refusing: say so in one line

@@ -39,6 +39,10 @@ DEFAULTS: dict[str, object] = {
     # Raw PUT uploads whose body nginx already wrote to <STORAGE_DIR>/nginx-body/ are
     # renamed into place instead of copied (the stack; see vimeo_api/offload.py).
     "UPLOAD_OFFLOAD": False,
+    # nginx answers hot downloads of public files and published versions itself, from
+    # grants the app makes (vimeo_api/fastpath.py, nginx.conf's fast path). None: on
+    # whenever nginx sends the bytes (DELIVERY "accel").
+    "FAST_PATH": None,
     # werkzeug.security method for file passwords (salted, slow).
     "PASSWORD_HASH_METHOD": "scrypt",
     # Celery: no broker means tasks run eagerly in-process (embedded default).
@@ -128,6 +132,8 @@ def _derive(app) -> None:
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; this project ships psycopg2.
         cfg["DATABASE_URL"] = "postgresql+psycopg2://" + cfg["DATABASE_URL"].split("://", 1)[1]
     cfg["STORAGE_DIR"] = os.path.abspath(cfg["STORAGE_DIR"])
+    if cfg["FAST_PATH"] is None:
+        cfg["FAST_PATH"] = cfg["DELIVERY"] == "accel"
     cfg["PUBLIC_URL"] = str(cfg["PUBLIC_URL"]).rstrip("/")
     cfg["SQLALCHEMY_DATABASE_URI"] = cfg["DATABASE_URL"]
     cfg.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})

@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import BadRequest, Forbidden, Gone, NotFound, Unauthorized
 
-from . import access, delivery, files, signing, versions
+from . import access, delivery, fastpath, files, signing, versions
 from .http_semantics import cache_class, format_etag
 from .models import utcnow
 
@@ -38,7 +38,9 @@ def download_version(version_id):
     version, file = found
     if not versions.is_available(version, file, utcnow()):
         raise Gone()
-    return delivery.respond(version, cache_class(max_downloads=0, has_password=False, published=True))
+    response = delivery.respond(version, cache_class(max_downloads=0, has_password=False, published=True))
+    fastpath.ensure_version(found)
+    return response
 
 
 @bp.post("/file/<filehash>/tokens")

@@ -18,7 +18,7 @@ from flask import current_app
 from sqlalchemy import case, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from . import metacache, security
+from . import fastpath, metacache, security
 from .extensions import db
 from .models import Blob, File, FileStatus, GoneReason, utcnow
 from .storage import LocalStorage, UploadFile
@@ -113,6 +113,7 @@ def replace_content(file: File, upload: UploadFile, content_type: str | None) ->
     released = _release_blob_ref(old_sha, now)
     db.session.commit()
     metacache.invalidate(file.filehash)
+    fastpath.revoke_files([file.filehash], with_versions=False)
     db.session.refresh(file)
     if released:
         queue_release(old_sha)
@@ -134,6 +135,8 @@ def update_options(file: File, options: Options) -> File:
         file.max_downloads = options.max_downloads
     db.session.commit()
     metacache.invalidate(file.filehash)
+    # A new expiry changes what its versions' grants say too.
+    fastpath.revoke_files([file.filehash])
     if file.max_downloads and file.downloads >= file.max_downloads:
         mark_gone(file.id, GoneReason.DOWNLOADED)
         db.session.refresh(file)
@@ -194,6 +197,8 @@ def mark_gone(file_id: int, reason: str) -> bool:
     released = _release_blob_ref(row.sha256, now)
     db.session.commit()
     metacache.invalidate(row.filehash)
+    # Its versions' grants go when they are retired (versions.retire_for_files).
+    fastpath.revoke_files([row.filehash], with_versions=False)
     if released:
         queue_release(row.sha256)
     return True
@@ -231,6 +236,8 @@ def expire_due(batch_size: int) -> int:
     db.session.commit()
     # Cached entries already answer 410 past their expires_at; this drops them.
     metacache.invalidate_many(row.filehash for row in rows)
+    # nginx stopped using their grants at expiry already (fastpath.py): this tidies up.
+    fastpath.revoke_files([row.filehash for row in rows])
     return len(rows)
 
 
@@ -424,7 +431,8 @@ def parse_expires_in(value, now: datetime) -> datetime | None:
         raise ValueError(f"expires_in is more than the maximum of {maximum} seconds")
     if seconds > 100 * 365 * 86400:
         raise ValueError("expires_in is too large; use 'never'")
-    return now + timedelta(seconds=seconds)
+    # Whole seconds, as the API reports it: the expiry a client is shown is the one enforced.
+    return whole_second(now) + timedelta(seconds=seconds)
 
 
 def parse_max_downloads(value) -> int:

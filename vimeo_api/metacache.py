@@ -500,11 +500,17 @@ def purge(kind: str, items: list[str]) -> dict:
         "created_at": _now_iso(),
         "completed_at": None,
     }
+    # nginx's cached answers of the fast path go too (their grants: fastpath.py). Unlike
+    # the entries below they are files on the storage, so a cache outage leaves them be.
+    from . import fastpath
+
     if kind == "all":
+        fastpath.revoke_all()
         done = invalidate_all()
     elif kind == "url":
         filehashes = [_filehash_of_url(item) for item in items]
         record["files"] = len(set(filehashes))
+        fastpath.revoke_files(filehashes)
         done = invalidate_many(filehashes)
     else:
         prefixes = [_prefix_of(item) for item in items]
@@ -514,6 +520,7 @@ def purge(kind: str, items: list[str]) -> dict:
         for prefix in dict.fromkeys(prefixes):
             for batch in _filehashes_with_prefix(prefix):
                 record["files"] += len(batch)
+                fastpath.revoke_files(batch)
                 done = invalidate_many(batch) and done
     if done:
         record.update(status="done", completed_at=_now_iso())

@@ -12,7 +12,7 @@ import secrets
 
 from sqlalchemy import select, update
 
-from . import files
+from . import fastpath, files
 from .extensions import db
 from .models import Blob, File, FileStatus, GoneReason, Version, VersionStatus, utcnow
 
@@ -67,10 +67,11 @@ def retire_for_files(file_ids: list[int]) -> int:
         update(Version)
         .where(Version.file_id.in_(file_ids), Version.status == VersionStatus.PUBLISHED)
         .values(status=VersionStatus.RETIRED, retired_at=now)
-        .returning(Version.sha256)
+        .returning(Version.sha256, Version.version_id)
     ).all()
     released = [row.sha256 for row in rows if files._release_blob_ref(row.sha256, now)]
     db.session.commit()
+    fastpath.revoke_versions(row.version_id for row in rows)
     for sha256 in released:
         files.queue_release(sha256)
     return len(rows)
