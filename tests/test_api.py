@@ -187,7 +187,9 @@ def test_zero_max_downloads_means_unlimited(target):
     for _ in range(5):
         assert target.request("GET", path(body)).body == b"again and again"
     record = row(target, body["filehash"])
-    assert (record.downloads, record.status) == (5, "available")
+    # Through nginx, the app answers the first download and grants the rest to nginx's
+    # fast path, which counts nothing in the row (README "Fast path").
+    assert (record.downloads, record.status) == (1 if target.name == "stack" else 5, "available")
 
 
 def test_first_file_part_is_taken_when_none_is_named_file(target):
@@ -801,7 +803,10 @@ def test_patch_max_downloads_to_what_was_used_makes_it_gone(target):
     body = unlimited(target)
     for _ in range(2):
         target.request("GET", path(body))
-    answer = target.request("PATCH", path(body), headers=owner(body), json={"max_downloads": 2})
+    # 2, or 1 through nginx: its fast path serves the second and counts nothing.
+    used = row(target, body["filehash"]).downloads
+    assert used == (1 if target.name == "stack" else 2)
+    answer = target.request("PATCH", path(body), headers=owner(body), json={"max_downloads": used})
     assert answer.status == 200
     assert_error(target, target.request("GET", path(body)), 410, "Gone")
     assert row(target, body["filehash"]).status == "gone"

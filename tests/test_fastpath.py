@@ -1,0 +1,181 @@
+"""The app's side of nginx's fast path (vimeo_api/fastpath.py): which files get a grant,
+what the grant subrequest answers, and that every change removes grants before it
+answers. tests/stack/test_fastpath.py runs the same through real nginx."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from vimeo_api import fastpath
+from vimeo_api.extensions import db
+
+API = "/vimeo/api/v1.0"
+
+
+@pytest.fixture
+def app(make_app, backend):
+    return make_app(DELIVERY="accel")
+
+
+def upload(client, content=b"shared bytes", **fields):
+    answer = client.put(API + "/file", data={"file": (io.BytesIO(content), "a.txt"), **fields})
+    assert answer.status_code == 201, answer.json
+    return answer.json
+
+
+def grants(app) -> list[Path]:
+    root = Path(app.config["STORAGE_DIR"], "grants")
+    return sorted(p for p in root.rglob("*") if p.is_symlink())
+
+
+def grant_answer(client, kind, ident):
+    return client.get(f"/_vimeo/grant/{kind}/{ident[:2]}/{ident}")
+
+
+def test_fast_path_follows_delivery(make_app):
+    assert make_app(DELIVERY="accel").config["FAST_PATH"] is True
+    embedded = make_app()
+    assert embedded.config["FAST_PATH"] is False
+    # The embedded default has no nginx and no grant route.
+    assert embedded.test_client().get("/_vimeo/grant/f/ab/" + "ab" * 16).status_code == 404
+
+
+def test_a_public_download_makes_a_grant_to_its_blob(app):
+    client = app.test_client()
+    up = upload(client, max_downloads="0")
+    assert grants(app) == []  # made on a download, not at upload
+    assert client.get(f"{API}/file/{up['filehash']}").status_code == 200
+    [grant] = grants(app)
+    assert grant.resolve() == Path(app.config["STORAGE_DIR"], "blobs", up["sha256"][:2], up["sha256"][2:4], up["sha256"])
+    answer = grant_answer(client, "f", up["filehash"])
+    assert answer.status_code == 200 and answer.data == b""
+    assert Path(app.config["STORAGE_DIR"], "grants", answer.headers["X-Vimeo-Grant"]) == grant
+    assert answer.headers["X-File-ETag"] == up["etag"]
+    assert answer.headers["X-File-Cache-Control"] == "public, max-age=60, s-maxage=3600"
+    assert answer.headers["X-File-Content-Type"].startswith("text/plain")
+    assert "filename" in answer.headers["X-File-Content-Disposition"]
+    until = int(answer.headers["X-Accel-Expires"].lstrip("@"))
+    assert 0 <= until - time.time() <= fastpath.MAX_AGE + 1
+
+
+def test_a_grant_answer_ends_a_second_before_the_file_expires(app, monkeypatch):
+    monkeypatch.setattr(fastpath, "MAX_AGE", 3600)  # longer than the file lives
+    client = app.test_client()
+    up = upload(client, max_downloads="0", expires_in="60")
+    client.get(f"{API}/file/{up['filehash']}")
+    answer = grant_answer(client, "f", up["filehash"])
+    assert answer.status_code == 200
+    expires_at = datetime.strptime(up["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    # nginx uses an entry through the whole second X-Accel-Expires names.
+    assert answer.headers["X-Accel-Expires"] == f"@{int(expires_at.timestamp()) - 1}"
+
+
+@pytest.mark.parametrize("fields", [
+    {"max_downloads": "0", "password": "pw"},
+    {"max_downloads": "3"},
+    {},
+    {"max_downloads": "0", "expires_in": "2"},
+])
+def test_files_whose_answer_is_not_shared_get_no_grant(app, fields):
+    client = app.test_client()
+    up = upload(client, **fields)
+    headers = {"X-Password": "pw"} if "password" in fields else {}
+    assert client.get(f"{API}/file/{up['filehash']}", headers=headers).status_code == 200
+    assert grant_answer(client, "f", up["filehash"]).status_code == 403
+    assert grants(app) == []
+
+
+def test_empty_files_get_no_grant(app):
+    client = app.test_client()
+    up = upload(client, b"", max_downloads="0")
+    client.get(f"{API}/file/{up['filehash']}")
+    assert grant_answer(client, "f", up["filehash"]).status_code == 403
+
+
+def test_unknown_or_malformed_resources_are_refused_with_403(app):
+    client = app.test_client()
+    for path in ("f/ab/" + "ab" * 16, "v/ab/" + "ab" * 16, "f/cd/" + "ab" * 16, "x/ab/" + "ab" * 16, "f/ab/AB"):
+        # 403 sends nginx to the app; a 404 here would become nginx's 500.
+        assert client.get("/_vimeo/grant/" + path).status_code == 403, path
+
+
+def test_every_change_removes_the_grant_before_it_answers(app):
+    client = app.test_client()
+    up = upload(client, max_downloads="0")
+    owner = {"X-Owner-Token": up["owner_token"]}
+    url = f"{API}/file/{up['filehash']}"
+
+    def granted():
+        client.get(url)
+        return [g.name for g in grants(app)]
+
+    first = granted()
+    assert len(first) == 1
+    assert client.put(url, data=b"new bytes", headers=owner).status_code == 200
+    assert grants(app) == []
+    second = granted()
+    assert len(second) == 1 and second != first  # a new state, a new digest
+    assert client.patch(url, json={"expires_in": 3600}, headers=owner).status_code == 200
+    assert grants(app) == []
+    assert len(granted()) == 1
+    assert client.patch(url, json={"password": "pw"}, headers=owner).status_code == 200
+    assert grants(app) == []
+    assert client.get(url, headers={"X-Password": "pw"}).status_code == 200
+    assert grants(app) == []
+    assert client.patch(url, json={"password": None}, headers=owner).status_code == 200
+    assert len(granted()) == 1
+    assert client.delete(url, headers=owner).status_code == 202
+    assert grants(app) == []
+    assert not any(Path(app.config["STORAGE_DIR"], "grants", "f").rglob(up["filehash"]))
+
+
+def test_a_version_grant_goes_with_its_file(app):
+    client = app.test_client()
+    up = upload(client, max_downloads="0")
+    owner = {"X-Owner-Token": up["owner_token"]}
+    version = client.post(f"{API}/file/{up['filehash']}/versions", headers=owner).json
+    assert client.get(f"{API}/v/{version['version_id']}").status_code == 200
+    answer = grant_answer(client, "v", version["version_id"])
+    assert answer.status_code == 200
+    assert answer.headers["X-File-Cache-Control"] == "public, max-age=31536000, immutable"
+    assert answer.headers["X-Vimeo-Grant"].startswith("v/")
+    assert client.delete(f"{API}/file/{up['filehash']}", headers=owner).status_code == 202
+    assert grants(app) == []
+    assert grant_answer(client, "v", version["version_id"]).status_code == 403
+
+
+def test_purge_and_cache_clear_remove_grants(app):
+    client = app.test_client()
+    up = upload(client, max_downloads="0")
+    client.get(f"{API}/file/{up['filehash']}")
+    assert len(grants(app)) == 1
+    assert app.test_cli_runner().invoke(args=["cache", "clear"]).exit_code == 0
+    assert grants(app) == []
+
+
+def test_a_grant_made_from_stale_metadata_is_removed_again(app):
+    """Create-then-verify: the symlink is checked against the database after it is made,
+    so a state a writer changed meanwhile never keeps a grant."""
+    client = app.test_client()
+    up = upload(client, max_downloads="0")
+    client.get(f"{API}/file/{up['filehash']}")  # caches the metadata
+    for grant in grants(app):
+        os.unlink(grant)
+    with app.app_context():
+        # A writer's change the cache has not heard of (no invalidation).
+        db.session.execute(text("update files set password_hash = 'x' where filehash = :h"), {"h": up["filehash"]})
+        db.session.commit()
+        with app.test_request_context():
+            from vimeo_api import files, metacache
+
+            stale = metacache.lookup(up["filehash"], files.find)
+            assert stale.password_hash is None  # the cache still says public
+            assert fastpath.ensure_file(stale) is None
+    assert grants(app) == []
