@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from flask import current_app
 from sqlalchemy import bindparam, case, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm.util import identity_key
 
 from . import fastpath, metacache, security
 from .extensions import db
@@ -181,6 +182,11 @@ def consume_download(file_id: int, nbytes: int, sha256: str) -> bool:
     against; ``nbytes`` what it will send (counted in ``bytes_served``)."""
     now = utcnow()
     row = db.session.execute(_CONSUME, {"file_id": file_id, "expected_sha256": sha256, "nbytes": nbytes, "now": now}).first()
+    # A Core statement leaves a loaded File of this row as it was (the session does not
+    # expire on commit): the next read must see the new count and status.
+    loaded = db.session.identity_map.get(identity_key(File, file_id))
+    if loaded is not None:
+        db.session.expire(loaded)
     if row is None:
         db.session.rollback()
         return False
