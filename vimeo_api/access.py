@@ -5,11 +5,11 @@ Checks run in the contract's order: unknown → 404, gone → 410, password → 
 
 from __future__ import annotations
 
-from flask import Request
+from flask import Request, current_app
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Forbidden, Gone, NotFound, Unauthorized
 
-from . import files, limits, metacache, security
+from . import files, limits, metacache, security, signing
 from .models import File, utcnow
 
 REALM = "vimeo_api"
@@ -39,7 +39,7 @@ def downloadable(filehash: str, request: Request, *, fresh: bool = False) -> met
         raise Gone()
     if file.password_hash is not None:
         limits.check_password_attempts(file.filehash)
-        if not security.password_matches(supplied_password(request), file.password_hash):
+        if not _password_ok(file, supplied_password(request)):
             limits.record_failed_password(file.filehash)
             raise Unauthorized(
                 "A valid password is required for this file.",
@@ -47,6 +47,24 @@ def downloadable(filehash: str, request: Request, *, fresh: bool = False) -> met
                 www_authenticate=WWWAuthenticate("basic", token=f'realm="{REALM}"'),
             )
     return file
+
+
+def _password_ok(file, password: str | None) -> bool:
+    """The slow salted hash, once per file, password and PASSWORD_CACHE_TTL: a right
+    password is remembered (under an HMAC, never the password) so that repeated downloads
+    with it skip the hash; a wrong one is computed (and counted) every time."""
+    if password is None:
+        return False
+    ttl = current_app.config["PASSWORD_CACHE_TTL"]
+    if not ttl:
+        return security.password_matches(password, file.password_hash)
+    key = security.verification_key(signing.derived_secret("password-cache"), file.filehash, file.password_hash, password)
+    if metacache.password_verified(key):
+        return True
+    if not security.password_matches(password, file.password_hash):
+        return False
+    metacache.remember_password(key, ttl)
+    return True
 
 
 def find_or_404(filehash: str) -> File:

@@ -45,6 +45,9 @@ DEFAULTS: dict[str, object] = {
     "FAST_PATH": None,
     # werkzeug.security method for file passwords (salted, slow).
     "PASSWORD_HASH_METHOD": "scrypt",
+    # Seconds a right password is remembered per file (under an HMAC in the cache), so
+    # repeated downloads with it skip the slow hash; 0 computes it on every request.
+    "PASSWORD_CACHE_TTL": 300,
     # Celery: no broker means tasks run eagerly in-process (embedded default).
     "BROKER_URL": None,
     # Seconds a request may wait on the broker (connect, then each reply) when it queues

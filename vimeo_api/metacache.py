@@ -62,6 +62,7 @@ EPOCH = "epoch:"
 GLOBAL_EPOCH = "epoch:*global*"
 NOT_FOUND_EPOCH = "epoch:*404*"
 PURGE = "purge:"
+VERIFIED = "pwok:"
 # Invalidations remembered during an outage, per process; past this many the process
 # purges everything instead once the cache is back.
 MAX_PENDING = 10_000
@@ -447,6 +448,22 @@ def _renew_global() -> None:
 
 
 # -- purge records ---------------------------------------------------------------------
+
+def password_verified(key: str) -> bool:
+    """Whether a password check with this key (security.verification_key) succeeded
+    recently. A cache that is down says no: the slow hash is computed instead."""
+    try:
+        return _guarded(cache.get, VERIFIED + key) is not None
+    except CacheUnavailable:
+        return False
+
+
+def remember_password(key: str, ttl: int) -> None:
+    try:
+        _guarded(cache.set, VERIFIED + key, 1, timeout=ttl)
+    except CacheUnavailable:
+        pass
+
 
 def save_purge(record: dict) -> bool:
     """Keep a purge's record for ``GET /purge/<id>``; False when the cache is down (the

@@ -33,6 +33,14 @@ def hash_password(password: str, method: str) -> str:
     return generate_password_hash(password, method=method)
 
 
+def verification_key(secret: bytes, filehash: str, stored_hash: str, password: str) -> str:
+    """What a successful password check is remembered under (access.py): keyed with a
+    server secret, so the cache holds nothing a password could be guessed from offline;
+    the stored hash is part of it, so a new password (new salt) never matches an old one."""
+    message = "\0".join((filehash, stored_hash, hashlib.sha256(password.encode("utf-8")).hexdigest()))
+    return hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()
+
+
 def password_matches(password: str | None, stored_hash: str) -> bool:
     """Constant-time check (werkzeug compares with hmac.compare_digest)."""
     if password is None:

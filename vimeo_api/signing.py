@@ -10,6 +10,7 @@ instance folder: there is no built-in secret.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import secrets
 import time
@@ -51,6 +52,15 @@ def _installation_key() -> str:
         with os.fdopen(fd, "w") as fh:
             fh.write(key)
         return key
+
+
+def derived_secret(purpose: str) -> bytes:
+    """A secret for another use than signing links, derived from the signing key (so it
+    changes when that key is rotated), computed once per process and purpose."""
+    secrets_by_purpose = current_app.extensions.setdefault("vimeo_derived_secrets", {})
+    if purpose not in secrets_by_purpose:
+        secrets_by_purpose[purpose] = hmac.new(_keys()[0].encode(), purpose.encode(), hashlib.sha256).digest()
+    return secrets_by_purpose[purpose]
 
 
 def _serializer() -> URLSafeSerializer:

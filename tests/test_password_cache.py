@@ -1,0 +1,84 @@
+"""A right password is remembered for PASSWORD_CACHE_TTL (access._password_ok): repeated
+downloads skip the slow hash; wrong passwords never do, and a changed password never
+matches what was remembered for the old one."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from vimeo_api import security
+from vimeo_api.extensions import cache
+
+API = "/vimeo/api/v1.0"
+
+
+@pytest.fixture
+def hashes(monkeypatch):
+    """Counts the slow password hash computations."""
+    calls = []
+    real = security.password_matches
+
+    def counting(password, stored_hash):
+        calls.append(password)
+        return real(password, stored_hash)
+
+    monkeypatch.setattr(security, "password_matches", counting)
+    return calls
+
+
+def upload(client, password="right one"):
+    answer = client.put(API + "/file", data={"file": (io.BytesIO(b"secret bytes"), "s.txt"),
+                                             "password": password, "max_downloads": "0"})
+    assert answer.status_code == 201
+    return answer.json
+
+
+def test_a_right_password_is_hashed_once_then_remembered(client, hashes):
+    up = upload(client)
+    url = f"{API}/file/{up['filehash']}"
+    for _ in range(3):
+        answer = client.get(url, headers={"X-Password": "right one"})
+        assert answer.status_code == 200 and answer.data == b"secret bytes"
+    assert hashes == ["right one"]
+    # Other ways of sending it are the same password.
+    assert client.get(url + "?password=right%20one").status_code == 200
+    assert hashes == ["right one"]
+
+
+def test_wrong_passwords_are_hashed_every_time(client, hashes):
+    up = upload(client)
+    url = f"{API}/file/{up['filehash']}"
+    assert client.get(url, headers={"X-Password": "right one"}).status_code == 200
+    for _ in range(3):
+        assert client.get(url, headers={"X-Password": "wrong"}).status_code == 401
+    assert hashes == ["right one", "wrong", "wrong", "wrong"]
+
+
+def test_a_changed_password_does_not_match_what_was_remembered(client, hashes):
+    up = upload(client)
+    url = f"{API}/file/{up['filehash']}"
+    assert client.get(url, headers={"X-Password": "right one"}).status_code == 200
+    patched = client.patch(url, json={"password": "new one"}, headers={"X-Owner-Token": up["owner_token"]})
+    assert patched.status_code == 200
+    assert client.get(url, headers={"X-Password": "right one"}).status_code == 401
+    assert client.get(url, headers={"X-Password": "new one"}).status_code == 200
+
+
+def test_the_cache_holds_no_password(app, client):
+    up = upload(client, password="findable-password")
+    assert client.get(f"{API}/file/{up['filehash']}", headers={"X-Password": "findable-password"}).status_code == 200
+    with app.app_context():
+        backend = cache.cache
+        stored = repr(backend._cache) if hasattr(backend, "_cache") else ""
+    assert "pwok:" in stored
+    assert "findable-password" not in stored
+
+
+def test_ttl_zero_hashes_on_every_request(make_app, hashes):
+    client = make_app(PASSWORD_CACHE_TTL=0).test_client()
+    up = upload(client)
+    for _ in range(2):
+        assert client.get(f"{API}/file/{up['filehash']}", headers={"X-Password": "right one"}).status_code == 200
+    assert hashes == ["right one", "right one"]
