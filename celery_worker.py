@@ -2,5 +2,5 @@
 
 from vimeo_api import create_app
 
-flask_app = create_app()
+flask_app = create_app(migrations=False)
 celery_app = flask_app.extensions["celery"]

@@ -15,7 +15,7 @@ from sqlalchemy import event
 
 from . import config, limits, logs, metacache, observability
 from .errors import register_error_handlers
-from .extensions import cache, db, migrate
+from .extensions import cache, db
 from .storage import LocalStorage
 from .uploads import UploadRequest
 from .worker import celery_init_app
@@ -24,11 +24,14 @@ MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
-def create_app(test_config: dict | None = None) -> Flask:
+def create_app(test_config: dict | None = None, *, migrations: bool = True) -> Flask:
+    """``migrations=False`` for processes that only serve (gunicorn and Celery workers):
+    Flask-Migrate brings alembic and mako, about 12 MiB per process, for the ``db``
+    commands alone."""
     app = Flask(__name__, instance_relative_config=True)
     config.load(app, test_config)
     app.request_class = UploadRequest
-    register_extensions(app)
+    register_extensions(app, migrations=migrations)
     register_blueprints(app)
     register_error_handlers(app)
     register_request_hooks(app)
@@ -36,10 +39,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     return app
 
 
-def register_extensions(app: Flask) -> None:
+def register_extensions(app: Flask, *, migrations: bool = True) -> None:
     logs.init_app(app)
     db.init_app(app)
-    migrate.init_app(app, db, directory=MIGRATIONS)
+    if migrations:
+        from flask_migrate import Migrate
+
+        Migrate(app, db, directory=MIGRATIONS)
     cache.init_app(app)
     metacache.init_app(app)
     limits.init_app(app)

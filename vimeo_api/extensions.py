@@ -1,7 +1,6 @@
 """Unbound extension instances; ``create_app`` binds them to an app."""
 
 from flask_caching import Cache
-from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
@@ -22,5 +21,4 @@ class Base(DeclarativeBase):
 
 # Attributes stay readable after commit: views shape answers from the row they changed.
 db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
-migrate = Migrate()
 cache = Cache()

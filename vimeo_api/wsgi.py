@@ -2,4 +2,4 @@
 
 from . import create_app
 
-app = create_app()
+app = create_app(migrations=False)
