@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test venv services nginx stack migrate clean bench bench-downloads bench-upload-offload
+.PHONY: run test venv services nginx stack migrate clean bench bench-quick bench-downloads bench-upload-offload bench-upload-memory
 
 venv: $(STAMP)
 
@@ -37,7 +37,20 @@ stack: venv services nginx
 test: venv services nginx
 	$(BIN)/python -m pytest
 
-bench: venv services
+# Every benchmark scenario in one run, each against a baseline of the same run; writes
+# PERFORMANCE.md (between its bench:suite markers) and bench/suite.png. About 10 minutes.
+bench: venv services nginx
+	bash scripts/install-nginx wrk
+	$(BIN)/python bench/suite.py
+
+# The same, short (2 s per scenario, 64 MiB, a 10,000-file sweep): checks the harness,
+# prints its table and writes nothing.
+bench-quick: venv services nginx
+	bash scripts/install-nginx wrk
+	$(BIN)/python bench/suite.py --quick
+
+# A 1 GiB upload on the embedded default (SQLite, the app writes the bytes), against dd.
+bench-upload-memory: venv services
 	$(BIN)/python bench/upload_memory.py
 
 # Downloads on loopback with wrk: raw nginx static, the stack's X-Accel, the app itself.

@@ -14,7 +14,8 @@ For one small (4 KiB) unlimited file without a password, and an unknown filehash
 measures:
 
 * ``200 download``: ``GET /file/<hash>``: the access check (cached or not), the download
-  counted by the database's atomic UPDATE, X-Accel-Redirect, nginx sends the bytes;
+  counted by the database's atomic UPDATE, X-Accel-Redirect, nginx sends the bytes (with
+  nginx.conf's fast path, nginx answers this public file itself once granted);
 * ``304 revalidation``: the same GET with ``If-None-Match`` of the file's ETag;
 * ``404 unknown``: ``GET /file/<unknown hash>``.
 
@@ -38,57 +39,36 @@ from pathlib import Path
 
 import redis
 import requests
-from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import wrk, write_wrk_script  # noqa: E402
-from deploy.stack import (  # noqa: E402
-    NginxSettings,
-    check_nginx_conf,
-    free_port,
-    gunicorn_command,
-    nginx_command,
-    spawn,
-    stop,
-    wait_for_http,
-    write_nginx_conf,
+from bench.harness import (  # noqa: E402
+    API,
+    REDIS_URL,
+    WrkScenario,
+    app_env,
+    create_database,
+    delete_redis_keys,
+    drop_database,
+    redis_env,
+    run_rounds,
+    start_gunicorn,
+    start_nginx,
+    upload,
 )
+from bench.measure import write_wrk_script  # noqa: E402
+from deploy.stack import free_port, stop  # noqa: E402
 
-API = "/vimeo/api/v1.0"
-PG_ADMIN_URL = os.environ.get("VIMEO_BENCH_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("VIMEO_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
-# wrk prints one JSON line at the end: totals and non-2xx/3xx answers.
+
 def start_stack(work: Path, name: str, db_url: str, storage: Path, env_extra: dict, procs: list) -> str:
     """gunicorn + nginx for one configuration; returns nginx's base URL."""
     nginx_port, app_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIMEO_", "GUNICORN_"))}
-    env.update({
-        "VIMEO_DATABASE_URL": db_url,
-        "VIMEO_STORAGE_DIR": str(storage),
-        "VIMEO_PUBLIC_URL": f"http://127.0.0.1:{nginx_port}",
-        "VIMEO_EMBEDDED_SWEEP_INTERVAL": "0",
-        "VIMEO_DELIVERY": "accel",
-        "VIMEO_UPLOAD_OFFLOAD": "1",
-        "VIMEO_TRUSTED_PROXY_COUNT": "1",
-        "GUNICORN_BIND": f"127.0.0.1:{app_port}",
-        "GUNICORN_KEEPALIVE": "75",
-        "GUNICORN_ACCESSLOG": "/dev/null",  # nginx logs every request; the app its JSON line
-        **env_extra,
-    })
-    procs.append(spawn(gunicorn_command(), env, work / f"gunicorn-{name}.log"))
-    wait_for_http(f"http://{env['GUNICORN_BIND']}/healthz", procs=[procs[-1]])
-    settings = NginxSettings(
-        listen=f"127.0.0.1:{nginx_port}", app_address=env["GUNICORN_BIND"], storage_dir=str(storage),
-        runtime_dir=str(work / f"nginx-{name}"), log_dir=str(work / f"log-{name}"),
-    )
-    conf = write_nginx_conf(settings)
-    check_nginx_conf(conf, settings)
-    procs.append(spawn(nginx_command(conf, settings), env, work / f"nginx-{name}.out"))
-    base = f"http://127.0.0.1:{nginx_port}"
-    wait_for_http(base + "/healthz", procs=[procs[-1]])
-    return base
+    env = app_env(db_url, storage, f"http://127.0.0.1:{nginx_port}", f"127.0.0.1:{app_port}",
+                  VIMEO_DELIVERY="accel", VIMEO_UPLOAD_OFFLOAD="1", VIMEO_TRUSTED_PROXY_COUNT="1", **env_extra)
+    start_gunicorn(env, work / f"gunicorn-{name}.log", procs)
+    start_nginx(work, name, nginx_port, env["GUNICORN_BIND"], storage, env, procs)
+    return f"http://127.0.0.1:{nginx_port}"
 
 
 def main() -> int:
@@ -103,33 +83,22 @@ def main() -> int:
 
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="vimeo-bench-cache-"))
-    db_name = f"vimeo_bench_{secrets.token_hex(4)}"
     prefix = f"vimeo_bench_{secrets.token_hex(4)}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{db_name}"'))
-    db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + db_name
+    db_url = create_database()
     procs: list = []
     try:
         storage = work / "storage"
-        migrate_env = {**os.environ, "VIMEO_DATABASE_URL": db_url, "VIMEO_STORAGE_DIR": str(storage)}
-        subprocess.run([sys.executable, "manage.py", "db", "upgrade"], cwd=ROOT, env=migrate_env, check=True,
-                       capture_output=True)
-        limits = {"VIMEO_RATELIMIT_STORAGE_URI": f"{REDIS_URL}/2", "VIMEO_RATELIMIT_KEY_PREFIX": prefix}
+        shared = redis_env(prefix)
+        limits = {k: v for k, v in shared.items() if k.startswith("VIMEO_RATELIMIT_")}
         bases = {
-            "cached": start_stack(work, "cached", db_url, storage, {
-                "VIMEO_CACHE_TYPE": "RedisCache", "VIMEO_CACHE_REDIS_URL": f"{REDIS_URL}/1",
-                "VIMEO_CACHE_KEY_PREFIX": prefix + ":", **limits}, procs),
+            "cached": start_stack(work, "cached", db_url, storage, shared, procs),
             "uncached": start_stack(work, "uncached", db_url, storage, {
                 "VIMEO_CACHE_TYPE": "NullCache", "VIMEO_CACHE_NO_NULL_WARNING": "true", **limits}, procs),
         }
         script = write_wrk_script(work)
 
         content = os.urandom(4096)
-        up = requests.put(f"{bases['cached']}{API}/upload/small.bin", data=content,
-                          headers={"X-Max-Downloads": "0"}, timeout=60)
-        up.raise_for_status()
-        body = up.json()
+        body = upload(bases["cached"], content, {"X-Max-Downloads": "0"}, name="small.bin")
         file_path, unknown_path = f"{API}/file/{body['filehash']}", f"{API}/file/{'0' * 32}"
         revalidate = {"If-None-Match": body["etag"]}
         scenarios = []
@@ -147,19 +116,11 @@ def main() -> int:
                 else:
                     expected = "HIT" if config == "cached" else "MISS"
                     assert check.headers.get("X-Cache") == expected, (config, name, check.headers)
-                scenarios.append((config, name, base + path, headers))
+                scenarios.append(WrkScenario((config, name), base + path, args.connections, script, headers))
 
-        best: dict[tuple[str, str], dict] = {}
-        for round_ in range(1, args.rounds + 1):
-            for config, name, url, headers in scenarios:
-                wrk(url, 2, args.connections, script, headers)  # warm-up
-                report = wrk(url, args.duration, args.connections, script, headers)
-                report.update(config=config, scenario=name)
-                print(f"  round {round_}  {config:<8} {name:<17} {report['rps']:>9.0f} req/s  "
-                      f"p99 {report['p99_ms']:.1f} ms  non-2xx/3xx {report['non_2xx_3xx']}  errors {report['errors']}",
-                      file=sys.stderr, flush=True)
-                if (config, name) not in best or report["rps"] > best[config, name]["rps"]:
-                    best[config, name] = report
+        best = run_rounds(scenarios, args.rounds, args.duration, describe=lambda scenario, report: (
+            f"{scenario.key[0]:<8} {scenario.key[1]:<17} {report['rps']:>9.0f} req/s  "
+            f"p99 {report['p99_ms']:.1f} ms  non-2xx/3xx {report['non_2xx_3xx']}  errors {report['errors']}"))
 
         nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
         nginx_version = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
@@ -184,14 +145,8 @@ def main() -> int:
     finally:
         for proc in reversed(procs):
             stop(proc)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-        admin.dispose()
-        for database in (1, 2):
-            client = redis.Redis.from_url(f"{REDIS_URL}/{database}")
-            keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
-            if keys:
-                client.delete(*keys)
+        drop_database(db_url)
+        delete_redis_keys(prefix)
         if args.keep:
             print(f"work directory: {work}", file=sys.stderr)
         else:

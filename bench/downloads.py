@@ -10,12 +10,17 @@ the other on the same machine:
   app at all: the physical limit of this machine);
 * ``stack X-Accel``: ``GET /file/<hash>`` through nginx: the app checks access and
   preconditions, counts the download in PostgreSQL and answers X-Accel-Redirect, nginx
-  sends the bytes;
+  sends the bytes (with nginx.conf's fast path, nginx answers these public files itself
+  once the app has granted them; bench/suite.py's "X-Accel via app" keeps the app on
+  every request);
 * ``app sends``: the same request to a gunicorn with ``DELIVERY=app`` (no nginx), the app
   streaming the bytes itself.
 
 Both gunicorns run the project's gunicorn.conf.py defaults; nginx is the project's
 nginx.conf. It prints req/s, MB/s of file bytes and each figure's ratio to nginx static.
+
+bench/suite.py starts the same stack (``start_stack``) and checks its answers the same
+way (``check``) for its download scenarios.
 """
 
 from __future__ import annotations
@@ -23,42 +28,76 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import MiB, wrk, write_wrk_script  # noqa: E402
-from deploy.stack import (  # noqa: E402
-    NginxSettings,
-    check_nginx_conf,
-    free_port,
-    gunicorn_command,
-    nginx_command,
-    spawn,
-    stop,
-    wait_for_http,
-    write_nginx_conf,
+from bench.harness import (  # noqa: E402
+    API,
+    WrkScenario,
+    app_env,
+    create_database,
+    drop_database,
+    run_rounds,
+    start_gunicorn,
+    start_nginx,
+    static_path,
+    upload,
 )
+from bench.measure import MiB, write_wrk_script  # noqa: E402
+from deploy.stack import free_port, stop  # noqa: E402
 
-API = "/vimeo/api/v1.0"
-PG_ADMIN_URL = os.environ.get("VIMEO_BENCH_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 SIZES = {"4 KiB": 4 * 1024, "16 MiB": 16 * MiB}
-STATIC = """
-        # The benchmark's baseline: the same blob files, served statically.
-        location /static/ {
-            alias @storage/blobs/;
-        }
-"""
-# wrk prints one JSON line at the end: totals and non-2xx/3xx answers.
+
+
+@dataclass
+class Stack:
+    nginx: str  # base URL: nginx (nginx.conf plus /static/) in front of the X-Accel gunicorn
+    app: str  # base URL: the gunicorn with DELIVERY=app, no nginx
+    accel_gunicorn: subprocess.Popen
+    app_gunicorn: subprocess.Popen
+    nginx_proc: subprocess.Popen
+    storage: Path
+
+
+def start_stack(work: Path, db_url: str, procs: list, env_extra: dict | None = None,
+                max_body_size: int = 16 * MiB) -> Stack:
+    """On a migrated database: gunicorn with ``VIMEO_DELIVERY=accel`` and the upload
+    offload behind nginx (the project's nginx.conf plus a plain ``location /static/`` on
+    the blobs), and a second gunicorn with ``VIMEO_DELIVERY=app``; both on one storage
+    directory and the project's gunicorn.conf.py defaults. Every process goes into
+    ``procs`` (the caller stops them)."""
+    storage = work / "storage"
+    nginx_port, accel_port, app_port = free_port(), free_port(), free_port()
+    public = f"http://127.0.0.1:{nginx_port}"
+    extra = {"VIMEO_MAX_UPLOAD_SIZE": str(max_body_size), **(env_extra or {})}
+    accel_env = app_env(db_url, storage, public, f"127.0.0.1:{accel_port}",
+                        VIMEO_DELIVERY="accel", VIMEO_UPLOAD_OFFLOAD="1", **extra)
+    direct_env = app_env(db_url, storage, public, f"127.0.0.1:{app_port}", VIMEO_DELIVERY="app", **extra)
+    accel = start_gunicorn(accel_env, work / f"gunicorn-{accel_port}.log", procs)
+    direct = start_gunicorn(direct_env, work / f"gunicorn-{app_port}.log", procs)
+    nginx = start_nginx(work, "stack", nginx_port, accel_env["GUNICORN_BIND"], storage, accel_env, procs,
+                        static=True, max_body_size=max_body_size)
+    return Stack(public, f"http://127.0.0.1:{app_port}", accel, direct, nginx, storage)
+
+
+def check(name: str, url: str, content: bytes | None, status: int = 200, headers: dict | None = None) -> requests.Response:
+    """One request before a scenario is timed: its status, and its bytes when given."""
+    answer = requests.get(url, headers=headers or {}, timeout=120)
+    if answer.status_code != status or (content is not None and answer.content != content):
+        raise AssertionError(f"{name}: {url} answered {answer.status_code} with {len(answer.content)} bytes "
+                             f"(expected {status}{'' if content is None else f' with {len(content)} bytes'})")
+    return answer
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
@@ -74,73 +113,29 @@ def main() -> int:
 
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="vimeo-bench-downloads-"))
-    db_name = f"vimeo_bench_{secrets.token_hex(4)}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{db_name}"'))
-    db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + db_name
-    procs = []
+    db_url = create_database()
+    procs: list = []
     try:
-        storage = work / "storage"
-        nginx_port, accel_port, app_port = free_port(), free_port(), free_port()
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("VIMEO_", "GUNICORN_"))}
-        base_env.update({
-            "VIMEO_DATABASE_URL": db_url,
-            "VIMEO_STORAGE_DIR": str(storage),
-            "VIMEO_PUBLIC_URL": f"http://127.0.0.1:{nginx_port}",
-            "VIMEO_EMBEDDED_SWEEP_INTERVAL": "0",
-            "GUNICORN_KEEPALIVE": "75",
-            "GUNICORN_ACCESSLOG": "/dev/null",  # nginx logs every request; the app its JSON line
-        })
-        subprocess.run([sys.executable, "manage.py", "db", "upgrade"], cwd=ROOT, env=base_env, check=True,
-                       capture_output=True)
-        accel_env = {**base_env, "VIMEO_DELIVERY": "accel", "VIMEO_UPLOAD_OFFLOAD": "1",
-                     "GUNICORN_BIND": f"127.0.0.1:{accel_port}"}
-        app_env = {**base_env, "VIMEO_DELIVERY": "app", "GUNICORN_BIND": f"127.0.0.1:{app_port}"}
-        for env in (accel_env, app_env):
-            procs.append(spawn(gunicorn_command(), env, work / f"gunicorn-{env['GUNICORN_BIND'][-5:]}.log"))
-            wait_for_http(f"http://{env['GUNICORN_BIND']}/healthz", procs=[procs[-1]])
-        settings = NginxSettings(
-            listen=f"127.0.0.1:{nginx_port}", app_address=accel_env["GUNICORN_BIND"], storage_dir=str(storage),
-            runtime_dir=str(work / "nginx"), log_dir=str(work / "log"),
-            extra_locations=STATIC.replace("@storage", str(storage)),
-        )
-        conf = write_nginx_conf(settings)
-        check_nginx_conf(conf, settings)
-        procs.append(spawn(nginx_command(conf, settings), base_env, work / "nginx.out"))
-        nginx = f"http://127.0.0.1:{nginx_port}"
-        wait_for_http(nginx + "/healthz", procs=[procs[-1]])
+        stack = start_stack(work, db_url, procs)
         script = write_wrk_script(work)
 
         scenarios = []
         for label, size in SIZES.items():
             content = os.urandom(size)
-            up = requests.put(f"{nginx}{API}/upload/bench.bin", data=content, headers={"X-Max-Downloads": "0"}, timeout=60)
-            up.raise_for_status()
-            body = up.json()
-            sha = body["sha256"]
+            body = upload(stack.nginx, content, {"X-Max-Downloads": "0"})
             urls = {
-                "nginx static": f"{nginx}/static/{sha[:2]}/{sha[2:4]}/{sha}",
-                "stack X-Accel": f"{nginx}{API}/file/{body['filehash']}",
-                "app sends": f"http://{app_env['GUNICORN_BIND']}{API}/file/{body['filehash']}",
+                "nginx static": stack.nginx + static_path(body["sha256"]),
+                "stack X-Accel": f"{stack.nginx}{API}/file/{body['filehash']}",
+                "app sends": f"{stack.app}{API}/file/{body['filehash']}",
             }
             for name, url in urls.items():
-                check = requests.get(url, timeout=60)
-                assert check.status_code == 200 and check.content == content, (name, check.status_code)
-                scenarios.append((label, size, name, url))
-        best: dict[tuple[str, str], dict] = {}
-        for round_ in range(1, args.rounds + 1):
-            for label, size, name, url in scenarios:
-                wrk(url, 2, connections[label], script)  # warm-up
-                report = wrk(url, args.duration, connections[label], script)
-                report.update(size=label, scenario=name, connections=connections[label],
-                              mbps=report["rps"] * size / 1e6)
-                print(f"  round {round_}  {label:>6}  {name:<14} {report['rps']:>10.0f} req/s {report['mbps']:>9.1f} MB/s"
-                      f"  p99 {report['p99_ms']:.1f} ms  non-2xx {report['non_2xx_3xx']}  errors {report['errors']}",
-                      file=sys.stderr, flush=True)
-                if (label, name) not in best or report["rps"] > best[label, name]["rps"]:
-                    best[label, name] = report
-        rows = list(best.values())
+                check(name, url, content)
+                scenarios.append(WrkScenario((label, name), url, connections[label], script))
+        sizes = dict(SIZES)
+        best = run_rounds(scenarios, args.rounds, args.duration, describe=lambda scenario, report: (
+            f"{scenario.key[0]:>6}  {scenario.key[1]:<14} {report['rps']:>10.0f} req/s "
+            f"{report['rps'] * sizes[scenario.key[0]] / 1e6:>9.1f} MB/s  p99 {report['p99_ms']:.1f} ms  "
+            f"non-2xx {report['non_2xx_3xx']}  errors {report['errors']}"))
         print(f"\nmachine: {os.cpu_count()} CPUs (nproc {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()}),"
               f" {platform.machine()}, {platform.platform()}")
         print(f"nginx {subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip().split('/')[-1]},"
@@ -148,16 +143,15 @@ def main() -> int:
               f" load average before: {' '.join(f'{x:.2f}' for x in load_before)}\n")
         print("| file | scenario | connections | req/s | MB/s | × nginx static | p99 ms | non-2xx |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
-        for row in rows:
-            baseline = next(r for r in rows if r["size"] == row["size"] and r["scenario"] == "nginx static")
-            print(f"| {row['size']} | {row['scenario']} | {row['connections']} | {row['rps']:,.0f} | "
-                  f"{row['mbps']:,.1f} | {row['rps'] / baseline['rps']:.2f} | {row['p99_ms']:.1f} | {row['non_2xx_3xx']} |")
+        for (label, name), row in best.items():
+            baseline = best[label, "nginx static"]
+            print(f"| {label} | {name} | {connections[label]} | {row['rps']:,.0f} | "
+                  f"{row['rps'] * SIZES[label] / 1e6:,.1f} | {row['rps'] / baseline['rps']:.2f} | {row['p99_ms']:.1f} | "
+                  f"{row['non_2xx_3xx']} |")
     finally:
         for proc in reversed(procs):
             stop(proc)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(db_url)
         if args.keep:
             print(f"work directory: {work}", file=sys.stderr)
         else:

@@ -9,7 +9,7 @@ blob must be released and every byte file unlinked). The sweep then runs in a ch
 process exactly as Celery beat runs it in the stack (``sweep.run(orphans=False)``), with the grace
 period at 0 so that one sweep both expires the files and releases their bytes. Printed:
 elapsed time, files per second, the child's RSS before the sweep and its peak (psutil and
-``getrusage``), and a check that no row, blob or byte file is left.
+the kernel's high-water mark, ``VmHWM``), and a check that no row, blob or byte file is left.
 
 ``--per-file N`` also times the sweep as it was before it was made set-based (one
 transaction per file, then one per blob) on N files, for the ratio.
@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -48,32 +49,24 @@ from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-PG_ADMIN_URL = os.environ.get("VIMEO_BENCH_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+# bench.harness (the throwaway databases) is imported where used: the sweep's child
+# process measures its own memory and must not carry what only the parent needs.
 CHUNK = 10_000  # rows per COPY: the filler's memory stays flat too
-CACHE_URL = ""  # set by start_redis()
 
 
 # -- a database and a storage directory full of files ---------------------------------
 
 def create_database() -> str:
-    name = f"vimeo_bench_sweep_{secrets.token_hex(3)}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    subprocess.run(
-        [sys.executable, "manage.py", "db", "upgrade"],
-        cwd=ROOT, env={**os.environ, "VIMEO_DATABASE_URL": url}, check=True, capture_output=True,
-    )
-    return url
+    from bench.harness import create_database
+
+    return create_database("vimeo_bench_sweep")
 
 
 def drop_database(url: str) -> None:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
-    admin.dispose()
+    from bench.harness import drop_database
+
+    drop_database(url)
 
 
 def fill(url: str, storage: Path, count: int, expired: bool) -> None:
@@ -166,11 +159,25 @@ def child(url: str, storage: str, batch_size: int, strategy: str, cache_url: str
             # The periodic sweep runs without the orphan scan; the hourly one with it.
             report = sweep.run(batch_size, orphans=strategy == "orphan-scan").as_dict()
         elapsed = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     print(json.dumps({
         "elapsed": elapsed, "rss_before": rss_before, "peak_rss": peak, "report": report,
         "phases": {k: round(v, 2) for k, v in phases.items()},
     }))
+
+
+def peak_rss() -> int:
+    """This process's peak RSS: ``VmHWM``, which belongs to its own address space.
+    ``getrusage``'s ru_maxrss survives exec, so a child started by a large parent (the
+    suite, holding its test files) would report the parent's peak as its own."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _per_file_sweep(batch_size, db, files, File, FileStatus, GoneReason) -> dict:
@@ -197,22 +204,25 @@ def _per_file_sweep(batch_size, db, files, File, FileStatus, GoneReason) -> dict
     return {"expired": expired, "released": released}
 
 
-def run_child(url: str, storage: Path, batch_size: int, strategy: str) -> dict:
+def run_child(url: str, storage: Path, batch_size: int, strategy: str, cache_url: str) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", url, str(storage), str(batch_size), strategy, CACHE_URL],
-        cwd=ROOT, check=True, capture_output=True, text=True,
+        [sys.executable, __file__, "--child", url, str(storage), str(batch_size), strategy, cache_url],
+        cwd=ROOT, capture_output=True, text=True,
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"the sweep's child process ({strategy}, {url.rsplit('/', 1)[-1]}) exited with "
+                           f"{out.returncode}:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def scenario(count: int, batch_size: int, strategy: str, expired: bool = True) -> dict:
+def scenario(count: int, batch_size: int, strategy: str, cache_url: str, expired: bool = True) -> dict:
     url = create_database()
     storage = Path(tempfile.mkdtemp(prefix="vimeo-bench-sweep-"))
     try:
         started = time.perf_counter()
         fill(url, storage, count, expired)
         filled = time.perf_counter() - started
-        result = run_child(url, storage, batch_size, strategy)
+        result = run_child(url, storage, batch_size, strategy, cache_url)
         result.update(files=count, strategy=strategy, fill_seconds=filled, left=leftovers(url, storage))
         return result
     finally:
@@ -242,6 +252,63 @@ def unlink_floor(count: int) -> float:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def plain_sql(count: int) -> dict:
+    """The sweep's end state reached the plainest way, for a baseline: on a database and
+    storage filled as ``scenario`` fills them, one transaction of plain SQL (every expired
+    file made gone, and its blob row deleted: each blob has exactly one file here, so its
+    refcount would reach 0), then every byte file unlinked, eight in flight as the sweep's
+    release pass does. No batches, no row locks skipped, no cache invalidation."""
+    url = create_database()
+    storage = Path(tempfile.mkdtemp(prefix="vimeo-bench-sweep-plain-"))
+    try:
+        fill(url, storage, count, expired=True)
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))  # connect before measuring
+                conn.rollback()
+                started = time.perf_counter()
+                with conn.begin():
+                    shas = conn.execute(text(
+                        "WITH gone AS ("
+                        " UPDATE files SET status = 'gone', gone_reason = 'expired', gone_at = now() AT TIME ZONE 'utc'"
+                        " WHERE status = 'available' AND expires_at <= now() AT TIME ZONE 'utc'"
+                        " RETURNING sha256)"
+                        " DELETE FROM blobs WHERE sha256 IN (SELECT sha256 FROM gone) RETURNING sha256"
+                    )).scalars().all()
+                sql_seconds = time.perf_counter() - started
+        finally:
+            engine.dispose()
+        unlinked = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(os.unlink, (storage / "blobs" / sha[:2] / sha[2:4] / sha for sha in shas)))
+        finished = time.perf_counter()
+        return {"files": count, "elapsed": finished - started, "sql_seconds": sql_seconds,
+                "unlink_seconds": finished - unlinked, "changed": len(shas), "left": leftovers(url, storage)}
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+        drop_database(url)
+
+
+def sweep_against_plain_sql(count: int, batch_size: int = 500) -> dict:
+    """For bench/suite.py: the periodic sweep (set-based batches, expire + release) over
+    ``count`` expired files, and ``plain_sql`` over as many, each on its own throwaway
+    database and storage. Raises if either leaves a file, blob row or byte file behind."""
+    redis_server, cache_url = start_redis()
+    try:
+        sweep = scenario(count, batch_size, "set-based", cache_url)
+    finally:
+        redis_server.terminate()
+        redis_server.wait()
+    plain = plain_sql(count)
+    nothing = {"available_files": 0, "blob_rows": 0, "byte_files": 0}
+    if sweep["left"] != nothing or sweep["report"]["expired"] != count or sweep["report"]["released"] != count:
+        raise AssertionError(f"the sweep left work undone: {sweep['report']}, left {sweep['left']}")
+    if plain["left"] != nothing or plain["changed"] != count:
+        raise AssertionError(f"the plain SQL baseline left work undone: {plain}")
+    return {"sweep": sweep, "plain": plain}
+
+
 def show(title: str, r: dict) -> None:
     MiB = 1024 * 1024
     print(
@@ -262,17 +329,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--per-file", type=int, default=10_000, help="files for the per-file comparison (0: skip)")
     args = parser.parse_args()
-    redis_server = start_redis()
+    redis_server, cache_url = start_redis()
     try:
-        sys.exit(bench(args))
+        sys.exit(bench(args, cache_url))
     finally:
         redis_server.terminate()
         redis_server.wait()
 
 
-def start_redis() -> subprocess.Popen:
-    """A private redis-server for the cache (the shared one is left alone)."""
-    global CACHE_URL
+def start_redis() -> tuple[subprocess.Popen, str]:
+    """A private redis-server for the cache (the shared one is left alone); its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -280,25 +346,28 @@ def start_redis() -> subprocess.Popen:
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
     )
-    CACHE_URL = f"redis://127.0.0.1:{port}/1"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
+            return proc, f"redis://127.0.0.1:{port}/1"
         except OSError:
             time.sleep(0.05)
+    proc.terminate()
+    proc.wait()
     raise RuntimeError("redis-server did not start")
 
 
-def bench(args) -> int:
+def bench(args, cache_url: str) -> int:
+    from bench.harness import PG_ADMIN_URL
+
     print(
         f"sweep bench {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: PostgreSQL at "
         f"{PG_ADMIN_URL.rsplit('@', 1)[-1]}, batch size {args.batch_size}, load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
 
-    main_run = scenario(args.files, args.batch_size, "set-based")
+    main_run = scenario(args.files, args.batch_size, "set-based", cache_url)
     show("set-based sweep (expire + release)", main_run)
     failed = main_run["left"] != {"available_files": 0, "blob_rows": 0, "byte_files": 0}
     failed |= main_run["report"]["expired"] != args.files or main_run["report"]["released"] != args.files
@@ -312,12 +381,12 @@ def bench(args) -> int:
     )
 
     if args.per_file:
-        old = scenario(args.per_file, args.batch_size, "per-file")
+        old = scenario(args.per_file, args.batch_size, "per-file", cache_url)
         show("per-file sweep, as before (one transaction per file and per blob)", old)
         ratio = (main_run["files"] / main_run["elapsed"]) / (old["files"] / old["elapsed"])
         print(f"set-based / per-file throughput: {ratio:.1f}x", flush=True)
 
-    idle = scenario(args.files, args.batch_size, "orphan-scan", expired=False)
+    idle = scenario(args.files, args.batch_size, "orphan-scan", cache_url, expired=False)
     show("hourly sweep with the orphan scan, nothing due, over live files", idle)
     print(f"load average at the end {os.getloadavg()[0]:.2f}", flush=True)
     return 1 if failed else 0

@@ -6,15 +6,17 @@
 
 The worker's RSS is sampled every 10 ms with psutil while curl uploads (raw ``-T`` and
 multipart ``-F``); each figure is printed with its ratio to the baseline of the same run.
+
+bench/suite.py calls ``upload_to_app`` for its rows of uploads the app writes itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,23 +29,54 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import MiB, PeakRSS, dd_seconds  # noqa: E402
+from bench.measure import MiB, PeakRSS, dd_seconds, make_source  # noqa: E402
+from deploy.stack import free_port  # noqa: E402
+
+# How curl uploads a file: (label, arguments for curl given the source and the API's base).
+UPLOADS = {
+    "raw": ("raw PUT /upload (curl -T)", lambda source, api: ["-T", str(source), api + "/upload/big.bin"]),
+    "multipart": ("multipart PUT /file (curl -F)",
+                  lambda source, api: ["-X", "PUT", "-F", f"file=@{source}", api + "/file"]),
+}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def curl_upload(args: list[str]) -> tuple[float, int]:
+def curl_upload(args: list[str]) -> tuple[float, int, str]:
+    """curl's total time, the HTTP status and the answer's body."""
     out = subprocess.run(
-        ["curl", "-sS", "-o", "/dev/null", "-w", "%{time_total} %{http_code}", *args],
+        ["curl", "-sS", "-w", "\n%{time_total} %{http_code}", *args],
         check=True,
         capture_output=True,
         text=True,
-    ).stdout.split()
-    return float(out[0]), int(out[1])
+    ).stdout
+    body, _, stats = out.rpartition("\n")
+    seconds, status = stats.split()
+    return float(seconds), int(status), body
+
+
+def idle_rss(pid: int, seconds: float = 0.5) -> int:
+    """The largest RSS of ``pid``'s children over ``seconds`` with nothing to do."""
+    sampler = PeakRSS(pid)
+    sampler.start()
+    time.sleep(seconds)
+    return sampler.stop()
+
+
+def upload_to_app(api: str, kind: str, source: Path, pid: int, sha256: str | None = None) -> dict:
+    """One upload of ``source`` (``kind``: raw or multipart) to the app at ``api`` (its
+    ``/vimeo/api/v1.0``), the workers of ``pid`` sampled meanwhile: seconds, MB/s, peak
+    RSS and the 201's JSON. With ``sha256``, checks the stored size and hash."""
+    sampler = PeakRSS(pid)
+    sampler.start()
+    try:
+        seconds, status, text = curl_upload(UPLOADS[kind][1](source, api))
+    finally:
+        peak = sampler.stop()
+    if status != 201:
+        raise SystemExit(f"{UPLOADS[kind][0]}: HTTP {status} {text[:300]}")
+    body = json.loads(text)
+    if sha256 is not None:
+        assert body["size"] == source.stat().st_size and body["sha256"] == sha256, body
+    return {"seconds": seconds, "mbps": source.stat().st_size / seconds / 1e6, "peak": peak, "body": body}
 
 
 def main() -> int:
@@ -81,41 +114,29 @@ def main() -> int:
                 break
             except OSError:
                 time.sleep(0.1)
-        sampler = PeakRSS(server.pid)
-        sampler.start()
-        time.sleep(0.5)
-        idle_rss = sampler.peak
+        idle = idle_rss(server.pid)
 
         rows = []
         baseline = dd_seconds(storage, opts.size_mib)
-        rows.append(("dd to the storage disk (baseline)", baseline, None, None))
-        for label, make_args in (
-            ("raw PUT /upload (curl -T)", lambda f: ["-T", str(f), api + "/upload/big.bin"]),
-            ("multipart PUT /file (curl -F)", lambda f: ["-X", "PUT", "-F", f"file=@{f}", api + "/file"]),
-        ):
+        rows.append(("dd to the storage disk (baseline)", baseline, None))
+        for kind, (label, _args) in UPLOADS.items():
             source = work / "source.bin"
             # Fresh random content each time, so deduplication cannot shortcut the write.
-            with open(source, "wb") as fh:
-                for _ in range(opts.size_mib):
-                    fh.write(os.urandom(MiB))
+            sha = make_source(source, size)
             subprocess.run(["sync"], check=True)
-            sampler.reset()
-            elapsed, status = curl_upload(make_args(source))
-            if status != 201:
-                raise SystemExit(f"{label}: HTTP {status}")
-            rows.append((label, elapsed, sampler.peak, status))
+            result = upload_to_app(api, kind, source, server.pid, sha)
+            rows.append((label, result["seconds"], result["peak"]))
             source.unlink()
-        sampler.done.set()
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"upload of {opts.size_mib} MiB, machine: {os.cpu_count()} CPUs, {os.uname().machine}")
-    print(f"gunicorn worker RSS when idle: {idle_rss / MiB:.1f} MiB")
+    print(f"gunicorn worker RSS when idle: {idle / MiB:.1f} MiB")
     print("| scenario | seconds | MB/s | ratio to dd | worker peak RSS |")
     print("|---|---|---|---|---|")
-    for label, seconds, peak, _status in rows:
+    for label, seconds, peak in rows:
         mbs = size / seconds / 1e6
         ratio = baseline / seconds
         rss = "-" if peak is None else f"{peak / MiB:.1f} MiB"

@@ -9,12 +9,14 @@ that file, fsyncs it and renames it into ``blobs/``. The figure is the client's 
 from the first byte sent to the 201, as MB/s, next to ``dd if=/dev/zero bs=1M
 conv=fsync`` writing the same size into the same directory. The gunicorn workers' and
 nginx workers' RSS is sampled every 10 ms with psutil; the peak is printed.
+
+bench/suite.py calls ``upload_through_nginx`` for its offload row (and downloads the
+uploaded file afterwards).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -31,33 +33,37 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import MiB, PeakRSS, dd_seconds  # noqa: E402
-from deploy.stack import (  # noqa: E402
-    NginxSettings,
-    check_nginx_conf,
-    free_port,
-    gunicorn_command,
-    nginx_command,
-    spawn,
-    stop,
-    wait_for_http,
-    write_nginx_conf,
-)
-
-PG_ADMIN_URL = os.environ.get("VIMEO_BENCH_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+from bench.harness import API, app_env, create_database, drop_database, start_gunicorn, start_nginx  # noqa: E402
+from bench.measure import MiB, PeakRSS, dd_seconds, make_source  # noqa: E402
+from deploy.stack import BODY_DIR, free_port, stop  # noqa: E402
 
 
-def make_source(path: Path, size: int) -> str:
-    """Random bytes (no two runs share content, so nothing is deduplicated); their sha256."""
-    digest = hashlib.sha256()
-    with open(path, "wb") as out:
-        left = size
-        while left:
-            chunk = os.urandom(min(8 * MiB, left))
-            digest.update(chunk)
-            out.write(chunk)
-            left -= len(chunk)
-    return digest.hexdigest()
+def upload_through_nginx(base: str, source: Path, sha256: str, storage: Path, app_pid: int, nginx_pid: int,
+                         headers: dict | None = None) -> dict:
+    """``curl -T source`` to nginx's ``/upload/``; the client's wall time to the 201, the
+    peak RSS of gunicorn's and nginx's workers meanwhile, and the 201's JSON. Checks that
+    the stored blob has the source's size and SHA-256 and that nginx left no body file."""
+    size = source.stat().st_size
+    app_rss, nginx_rss = PeakRSS(app_pid), PeakRSS(nginx_pid)
+    app_rss.start()
+    nginx_rss.start()
+    argv = ["curl", "-sS", "--fail-with-body", "-T", str(source), "-H", "Expect:"]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
+    start = time.monotonic()
+    try:
+        out = subprocess.run([*argv, f"{base}{API}/upload/big.bin"], check=True, capture_output=True,
+                             text=True).stdout
+        seconds = time.monotonic() - start
+    finally:
+        app_peak, nginx_peak = app_rss.stop(), nginx_rss.stop()
+    body = json.loads(out)
+    assert body["size"] == size and body["sha256"] == sha256, body
+    stored = storage / "blobs" / sha256[:2] / sha256[2:4] / sha256
+    assert stored.stat().st_size == size
+    assert not any((storage / BODY_DIR).iterdir()), "nginx left a body file"
+    return {"seconds": seconds, "mbps": size / seconds / 1e6, "app_peak": app_peak, "nginx_peak": nginx_peak,
+            "body": body, "stored": stored}
 
 
 def main() -> int:
@@ -71,76 +77,37 @@ def main() -> int:
     work = ROOT / "var" / f"bench-upload-{secrets.token_hex(3)}"
     storage = work / "storage"
     storage.mkdir(parents=True)
-    db_name = f"vimeo_bench_{secrets.token_hex(4)}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{db_name}"'))
-    db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + db_name
-    procs = []
+    db_url = create_database()
+    procs: list = []
     try:
         nginx_port, app_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VIMEO_", "GUNICORN_"))}
-        env.update({
-            "VIMEO_DATABASE_URL": db_url,
-            "VIMEO_STORAGE_DIR": str(storage),
-            "VIMEO_PUBLIC_URL": f"http://127.0.0.1:{nginx_port}",
-            "VIMEO_DELIVERY": "accel",
-            "VIMEO_UPLOAD_OFFLOAD": "1",
-            "VIMEO_MAX_UPLOAD_SIZE": str(2 * size),
-            "VIMEO_EMBEDDED_SWEEP_INTERVAL": "0",
-            "GUNICORN_BIND": f"127.0.0.1:{app_port}",
-            "GUNICORN_KEEPALIVE": "75",
-        })
-        subprocess.run([sys.executable, "manage.py", "db", "upgrade"], cwd=ROOT, env=env, check=True,
-                       capture_output=True)
-        gunicorn = spawn(gunicorn_command(), env, work / "gunicorn.log")
-        procs.append(gunicorn)
-        wait_for_http(f"http://{env['GUNICORN_BIND']}/healthz", procs=[gunicorn])
-        settings = NginxSettings(
-            listen=f"127.0.0.1:{nginx_port}", app_address=env["GUNICORN_BIND"], storage_dir=str(storage),
-            runtime_dir=str(work / "nginx"), log_dir=str(work / "log"), max_body_size=2 * size,
-        )
-        conf = write_nginx_conf(settings)
-        check_nginx_conf(conf, settings)
-        nginx = spawn(nginx_command(conf, settings), env, work / "nginx.out")
-        procs.append(nginx)
+        env = app_env(db_url, storage, f"http://127.0.0.1:{nginx_port}", f"127.0.0.1:{app_port}",
+                      VIMEO_DELIVERY="accel", VIMEO_UPLOAD_OFFLOAD="1", VIMEO_MAX_UPLOAD_SIZE=str(2 * size),
+                      GUNICORN_ACCESSLOG="-")
+        gunicorn = start_gunicorn(env, work / "gunicorn.log", procs)
+        nginx = start_nginx(work, "offload", nginx_port, env["GUNICORN_BIND"], storage, env, procs,
+                            max_body_size=2 * size)
         base = f"http://127.0.0.1:{nginx_port}"
-        wait_for_http(base + "/healthz", procs=[nginx])
 
         uploads, dds, app_peaks, nginx_peaks = [], [], [], []
         source = work / "source.bin"
         for run in range(1, args.runs + 1):
             sha = make_source(source, size)
             dds.append(args.size_mib * MiB / dd_seconds(work, args.size_mib) / 1e6)
-            app_rss, nginx_rss = PeakRSS(gunicorn.pid), PeakRSS(nginx.pid)
-            app_rss.start()
-            nginx_rss.start()
-            start = time.monotonic()
-            out = subprocess.run(
-                ["curl", "-sS", "--fail-with-body", "-T", str(source), "-H", "X-Max-Downloads: 0",
-                 "-H", "Expect:", f"{base}/vimeo/api/v1.0/upload/big.bin"],
-                check=True, capture_output=True, text=True,
-            ).stdout
-            elapsed = time.monotonic() - start
-            app_rss.done.set()
-            nginx_rss.done.set()
-            app_rss.join()
-            nginx_rss.join()
-            body = json.loads(out)
-            assert body["size"] == size and body["sha256"] == sha, body
-            stored = storage / "blobs" / sha[:2] / sha[2:4] / sha
-            assert stored.stat().st_size == size
-            assert not any((storage / "nginx-body").iterdir()), "nginx left a body file"
-            uploads.append(size / elapsed / 1e6)
-            app_peaks.append(app_rss.peak)
-            nginx_peaks.append(nginx_rss.peak)
+            result = upload_through_nginx(base, source, sha, storage, gunicorn.pid, nginx.pid, {"X-Max-Downloads": "0"})
+            uploads.append(result["mbps"])
+            app_peaks.append(result["app_peak"])
+            nginx_peaks.append(result["nginx_peak"])
             print(f"  run {run}: upload {uploads[-1]:.0f} MB/s, dd {dds[-1]:.0f} MB/s, "
-                  f"gunicorn worker peak RSS {app_rss.peak / MiB:.1f} MiB, nginx worker {nginx_rss.peak / MiB:.1f} MiB",
+                  f"gunicorn worker peak RSS {result['app_peak'] / MiB:.1f} MiB, "
+                  f"nginx worker {result['nginx_peak'] / MiB:.1f} MiB",
                   file=sys.stderr, flush=True)
             # The next run starts from an empty storage: no deduplication, same disk use.
-            stored.unlink()
-            with create_engine(db_url).begin() as conn:
+            result["stored"].unlink()
+            engine = create_engine(db_url)
+            with engine.begin() as conn:
                 conn.execute(text("TRUNCATE files, blobs RESTART IDENTITY CASCADE"))
+            engine.dispose()
         source.unlink()
 
         up, base_dd = statistics.median(uploads), statistics.median(dds)
@@ -154,9 +121,7 @@ def main() -> int:
     finally:
         for proc in reversed(procs):
             stop(proc)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(db_url)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

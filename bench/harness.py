@@ -1,0 +1,279 @@
+"""What the benchmarks run against, shared by bench/suite.py and the single benches: a
+throwaway PostgreSQL database, gunicorn (the project's gunicorn.conf.py) and nginx (the
+project's nginx.conf, rendered by deploy.stack) on free loopback ports, uploads through
+them, wrk scenarios run round-robin keeping each one's best, and a description of the
+machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import psutil
+import requests
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.measure import MiB, wrk  # noqa: E402
+from deploy.stack import (  # noqa: E402
+    NginxSettings,
+    check_nginx_conf,
+    gunicorn_command,
+    nginx_command,
+    spawn,
+    wait_for_http,
+    write_nginx_conf,
+)
+
+API = "/vimeo/api/v1.0"
+PG_ADMIN_URL = os.environ.get("VIMEO_BENCH_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("VIMEO_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+# The download benches' baseline: the same blob files, served statically by nginx.
+STATIC_LOCATION = """
+        # The benchmark's baseline: the same blob files, served statically.
+        location /static/ {
+            alias @storage/blobs/;
+        }
+"""
+
+
+# -- a throwaway database ------------------------------------------------------------------
+
+def create_database(prefix: str = "vimeo_bench", migrate: bool = True) -> str:
+    """A new database on the local server (``VIMEO_BENCH_PG_ADMIN_URL``), migrated; its URL."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    if migrate:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VIMEO_", "GUNICORN_"))}
+        env["VIMEO_DATABASE_URL"] = url
+        subprocess.run([sys.executable, "manage.py", "db", "upgrade"], cwd=ROOT, env=env, check=True,
+                       capture_output=True)
+    return url
+
+
+def drop_database(url: str) -> None:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def delete_redis_keys(prefix: str, databases=(1, 2)) -> None:
+    """Remove what a run left under its own key prefix in the shared Redis."""
+    import redis
+
+    for database in databases:
+        client = redis.Redis.from_url(f"{REDIS_URL}/{database}")
+        try:
+            keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
+
+
+# -- gunicorn and nginx --------------------------------------------------------------------
+
+def app_env(db_url: str, storage: Path, public_url: str, bind: str, **extra: str) -> dict[str, str]:
+    """The environment of a benchmark's gunicorn: none of the caller's VIMEO_/GUNICORN_
+    settings, a throwaway database and storage, no embedded sweep, no access log (nginx
+    logs every request, the app its JSON line), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIMEO_", "GUNICORN_"))}
+    env.update({
+        "VIMEO_DATABASE_URL": db_url,
+        "VIMEO_STORAGE_DIR": str(storage),
+        "VIMEO_PUBLIC_URL": public_url,
+        "VIMEO_EMBEDDED_SWEEP_INTERVAL": "0",
+        "GUNICORN_BIND": bind,
+        "GUNICORN_KEEPALIVE": "75",  # longer than nginx's upstream keepalive_timeout
+        "GUNICORN_ACCESSLOG": "/dev/null",
+    })
+    env.update(extra)
+    return env
+
+
+def redis_env(prefix: str) -> dict[str, str]:
+    """The stack's metadata cache and rate-limit counts in the shared Redis (databases 1
+    and 2, as ``make stack``), under a key prefix of the run's own (see delete_redis_keys).
+    No broker: deletion tasks run in-process, nothing is queued for another worker."""
+    return {
+        "VIMEO_CACHE_TYPE": "RedisCache",
+        "VIMEO_CACHE_REDIS_URL": f"{REDIS_URL}/1",
+        "VIMEO_CACHE_KEY_PREFIX": prefix + ":",
+        "VIMEO_RATELIMIT_STORAGE_URI": f"{REDIS_URL}/2",
+        "VIMEO_RATELIMIT_KEY_PREFIX": prefix,
+    }
+
+
+def start_gunicorn(env: dict[str, str], log: Path, procs: list) -> subprocess.Popen:
+    """gunicorn on ``env['GUNICORN_BIND']``, appended to ``procs`` (the caller stops them)."""
+    proc = spawn(gunicorn_command(), env, log)
+    procs.append(proc)
+    wait_for_http(f"http://{env['GUNICORN_BIND']}/healthz", procs=[proc])
+    return proc
+
+
+def start_nginx(work: Path, name: str, port: int, app_bind: str, storage: Path, env: dict[str, str], procs: list,
+                *, static: bool = False, max_body_size: int = 16 * MiB) -> subprocess.Popen:
+    """nginx rendered from nginx.conf on 127.0.0.1:``port`` in front of ``app_bind``; with
+    ``static``, also the plain ``location /static/`` on the blobs (see static_path)."""
+    settings = NginxSettings(
+        listen=f"127.0.0.1:{port}", app_address=app_bind, storage_dir=str(storage),
+        runtime_dir=str(work / f"nginx-{name}"), log_dir=str(work / f"log-{name}"),
+        max_body_size=max_body_size,
+        extra_locations=STATIC_LOCATION.replace("@storage", str(storage)) if static else "",
+    )
+    conf = write_nginx_conf(settings)
+    check_nginx_conf(conf, settings)
+    proc = spawn(nginx_command(conf, settings), env, work / f"nginx-{name}.out")
+    procs.append(proc)
+    wait_for_http(f"http://127.0.0.1:{port}/healthz", procs=[proc])
+    return proc
+
+
+def static_path(sha256: str) -> str:
+    """Where ``location /static/`` serves a blob."""
+    return f"/static/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+def upload(base: str, content: bytes, headers: dict | None = None, name: str = "bench.bin",
+           session: requests.Session | None = None) -> dict:
+    """A raw PUT /upload/<name>; the 201's JSON."""
+    response = (session or requests).put(f"{base}{API}/upload/{name}", data=content, headers=headers or {},
+                                         timeout=120)
+    if response.status_code != 201:
+        raise RuntimeError(f"upload: HTTP {response.status_code} {response.text[:300]}")
+    return response.json()
+
+
+# -- wrk scenarios, round-robin -------------------------------------------------------------
+
+@dataclass
+class WrkScenario:
+    key: object  # how the caller names it (the key of run_rounds' result)
+    url: str
+    connections: int
+    script: Path
+    headers: dict = field(default_factory=dict)
+    # Before each round: the wrk script's arguments for it (e.g. a fresh list of URLs).
+    prepare: Callable[[int], list[str]] | None = None
+    warmup: bool = True  # a 2 s run first, not counted
+    # The figure a round is judged by (its best is kept): req/s unless told otherwise.
+    figure: Callable[[dict], float] = lambda report: report["rps"]
+    after: Callable[[dict], None] | None = None  # sees every round's report
+
+
+def settle(pids: list[int], idle_cpus: float = 0.1, timeout: float = 15.0) -> float:
+    """Wait until the processes ``pids`` and their children together use less than
+    ``idle_cpus`` CPUs over a quarter of a second: the requests a finished wrk run left in
+    flight (nginx logs them as 499) are still being worked on by the app, and would be
+    billed to the next scenario. Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        procs = []
+        for pid in pids:
+            try:
+                parent = psutil.Process(pid)
+                procs += [parent, *parent.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        for proc in procs:
+            try:
+                proc.cpu_percent(None)
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(0.25)
+        used = 0.0
+        for proc in procs:
+            try:
+                used += proc.cpu_percent(None) / 100
+            except psutil.NoSuchProcess:
+                pass
+        if used < idle_cpus:
+            break
+    return time.monotonic() - started
+
+
+def run_rounds(scenarios: list[WrkScenario], rounds: int, duration: int,
+               describe: Callable[[WrkScenario, dict], str] | None = None,
+               quiet: Callable[[], object] | None = None) -> dict[object, dict]:
+    """Every scenario ``rounds`` times, round-robin (load from elsewhere then skews one
+    scenario less than another), each after a 2 s warm-up; each one's best report.
+    ``quiet`` (e.g. ``settle``) runs after every wrk run, the warm-ups' included."""
+    best: dict[object, dict] = {}
+    for round_ in range(1, rounds + 1):
+        for scenario in scenarios:
+            args = scenario.prepare(round_) if scenario.prepare else []
+            if quiet:
+                quiet()
+            if scenario.warmup:
+                wrk(scenario.url, 2, scenario.connections, scenario.script, scenario.headers, args)
+                if quiet:
+                    quiet()
+            report = wrk(scenario.url, duration, scenario.connections, scenario.script, scenario.headers, args)
+            report["figure"] = scenario.figure(report)
+            report["round"] = round_
+            if scenario.after:
+                scenario.after(report)
+            line = describe(scenario, report) if describe else (
+                f"{scenario.key}: {report['rps']:,.0f} req/s, p99 {report['p99_ms']:.1f} ms, "
+                f"non-2xx/3xx {report['non_2xx_3xx']}, errors {report['errors']}")
+            print(f"  round {round_}  {line}", file=sys.stderr, flush=True)
+            if scenario.key not in best or report["figure"] > best[scenario.key]["figure"]:
+                best[scenario.key] = report
+    return best
+
+
+# -- the machine ----------------------------------------------------------------------------
+
+def machine() -> dict:
+    """CPU count and model, kernel, nginx, wrk and Python versions, load average now."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def version(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError:
+            return "not installed"
+        return (out.stdout + out.stderr).strip().splitlines()[0] if (out.stdout + out.stderr).strip() else "?"
+
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "nginx": version(["nginx", "-v"]).split("/", 1)[-1],
+        "wrk": version(["wrk", "--version"]).split(" [")[0].removeprefix("wrk "),
+        "python": platform.python_version(),
+        "load": os.getloadavg(),
+        "time": time.time(),
+    }
+
+
+def describe_machine(info: dict) -> str:
+    return (f"{info['cpus']} CPUs ({info['cpu_model']}), {info['kernel']}, nginx {info['nginx']}, "
+            f"wrk {info['wrk']}, Python {info['python']}")

@@ -1,0 +1,784 @@
+#!/usr/bin/env python
+"""Every benchmark scenario in one run, each as a ratio to a baseline measured in the same run.
+
+    .venv/bin/python bench/suite.py [--duration 10] [--rounds 2] [--quick] [--write | --no-write]
+    make bench                      # the same, full length (installs wrk when missing)
+
+One private stack on free loopback ports, on a throwaway PostgreSQL database (dropped at
+the end) and a storage directory under var/: gunicorn (gunicorn.conf.py's defaults,
+``VIMEO_DELIVERY=accel``, the upload offload, metadata cache and rate limits in Redis under
+a key prefix of the run's own) behind nginx rendered from nginx.conf plus a plain
+``location /static/`` on the blobs, and a second gunicorn with ``VIMEO_DELIVERY=app`` (no
+nginx). Measured (wrk on loopback, 2 threads; each scenario's answer is checked once,
+status and bytes, before it is timed):
+
+* 4 KiB, against raw nginx static: hot public (unlimited, no password), a published
+  version, a password-protected file, one-time files (a wrk script walks a list of files
+  uploaded for the round, each request a first download; only 200s count), a 304
+  revalidation, a cached 404;
+* 16 MiB, against raw nginx static: hot public, X-Accel via the app (a file whose download
+  limit makes the app decide every request), the app sending the bytes itself;
+* 1 GiB (64 MiB with --quick): downloads (curl, raw nginx static against hot public);
+  uploads (curl -T through nginx with the offload, curl -T and curl -F to the app that
+  writes the bytes itself) against ``dd conv=fsync`` of the same size on the same disk,
+  with the app's peak RSS;
+* the sweep of 100,000 expired files (10,000 with --quick) against the same end state
+  reached by one plain SQL transaction and the unlinks (bench/sweep.py).
+
+wrk scenarios run round-robin ``--rounds`` times, each after a 2 s warm-up, and keep each
+one's best. A full run writes its table between ``<!-- bench:suite:begin -->`` and
+``<!-- bench:suite:end -->`` in PERFORMANCE.md and draws bench/suite.png; a --quick run
+only prints them (the chart goes to bench/results/) unless --write is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.downloads import check, start_stack  # noqa: E402
+from bench.harness import (  # noqa: E402
+    API,
+    WrkScenario,
+    create_database,
+    delete_redis_keys,
+    describe_machine,
+    drop_database,
+    machine,
+    redis_env,
+    run_rounds,
+    settle,
+    static_path,
+    upload,
+)
+from bench.measure import MiB, dd_seconds, make_source, wrk, wrk_threads, write_wrk_script  # noqa: E402
+from bench.sweep import sweep_against_plain_sql  # noqa: E402
+from bench.upload_memory import UPLOADS, idle_rss, upload_to_app  # noqa: E402
+from bench.upload_offload import upload_through_nginx  # noqa: E402
+from deploy.stack import stop  # noqa: E402
+
+PERFORMANCE = ROOT / "PERFORMANCE.md"
+BEGIN, END = "<!-- bench:suite:begin -->", "<!-- bench:suite:end -->"
+CHART = ROOT / "bench" / "suite.png"
+RESULTS = ROOT / "bench" / "results"  # git-ignored: quick charts, the last run's JSON
+KiB = 1024
+
+# The issue's goals, judged from the figures of the run.
+HOT_4K_GOAL = 0.5  # hot public 4 KiB: at least this × raw nginx static req/s
+MIB16_GOAL = 0.9  # 16 MiB through the stack: at least this × raw nginx static MB/s
+UPLOAD_RSS_GOAL = 100 * MiB  # 1 GiB upload: the app's peak RSS below this
+# A download limit no run reaches, so the app decides every request: the largest the API
+# takes (9 digits; 1,000,000,000 is refused with a 400).
+LIMITED_DOWNLOADS = "999999999"
+
+# One-time downloads: each wrk thread walks its own slice of a list of paths (one file
+# per line, uploaded for this round), one request per path, and counts the 200 answers
+# apart from the rest. A thread that reaches the end of its slice stops (wrk.thread:stop;
+# at most a request or so more goes out, repeating its last path) and says after how
+# many seconds: it would otherwise spin on cheap 410s and take the CPU from the others.
+ONE_TIME_LUA = """
+local threads = {}
+local next_id = 0
+
+function setup(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+  table.insert(threads, thread)
+end
+
+function init(args)
+  local nthreads = tonumber(args[2])
+  paths = {}
+  local i = 0
+  for line in io.lines(args[1]) do
+    if i % nthreads == id then paths[#paths + 1] = line end
+    i = i + 1
+  end
+  pos = 0
+  ok = 0
+  other = 0
+  out = 0
+  out_after = -1
+  started = os.time()
+end
+
+function request()
+  pos = pos + 1
+  if pos > #paths then
+    if out == 0 then
+      out = 1
+      out_after = os.time() - started
+      wrk.thread:stop()
+    end
+    pos = #paths
+  end
+  return wrk.format(nil, paths[pos])
+end
+
+function response(status, headers, body)
+  if status == 200 then ok = ok + 1 else other = other + 1 end
+end
+
+function report_more()
+  local total_ok, total_other, ran_out, first_out = 0, 0, 0, -1
+  for _, thread in ipairs(threads) do
+    total_ok = total_ok + thread:get("ok")
+    total_other = total_other + thread:get("other")
+    if thread:get("out") == 1 then
+      ran_out = ran_out + 1
+      local after = thread:get("out_after")
+      if first_out < 0 or after < first_out then first_out = after end
+    end
+  end
+  return string.format(', "ok": %d, "other": %d, "threads_ran_out": %d, "first_out_after_s": %d',
+    total_ok, total_other, ran_out, first_out)
+end
+"""
+
+
+@dataclass
+class Row:
+    """One line of the table: a figure against its baseline's, measured in the same run."""
+
+    group: str
+    scenario: str
+    baseline: str
+    unit: str  # req/s, MB/s, files/s
+    figure: float | None
+    baseline_figure: float | None
+    p99_ms: float | None = None
+    peak_rss: int | None = None
+    notes: str = ""
+    goal: str = ""  # "ratio>=0.5", "rss<104857600"
+    is_baseline: bool = False
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.figure or not self.baseline_figure:
+            return None
+        return self.figure / self.baseline_figure
+
+    def goal_state(self) -> tuple[str, bool] | None:
+        """The goal in words, and whether the figures meet it."""
+        if not self.goal:
+            return None
+        kind, value = re.match(r"(ratio>=|rss<)(.+)", self.goal).groups()
+        if kind == "ratio>=":
+            threshold = float(value)
+            return f"≥ {threshold:g}× {self.baseline}", self.ratio is not None and self.ratio >= threshold
+        threshold = int(value)
+        return f"peak RSS < {threshold / MiB:.0f} MiB", self.peak_rss is not None and self.peak_rss < threshold
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def size_label(size: int) -> str:
+    return f"{size // (1024 * MiB)} GiB" if size % (1024 * MiB) == 0 else f"{size // MiB} MiB"
+
+
+def ask(url: str, headers: dict | None = None, method: str = "GET", until_hit: int = 3) -> requests.Response:
+    """Warm a URL: up to ``until_hit`` requests until one answers ``X-Cache: HIT`` (nginx's
+    fast path, or the app's metadata cache); the last answer."""
+    for _ in range(until_hit):
+        answer = requests.request(method, url, headers=headers or {}, timeout=120)
+        if answer.headers.get("X-Cache") == "HIT":
+            break
+    return answer
+
+
+def x_cache(answer: requests.Response) -> str:
+    """What answered the check, when the answer says (nginx's fast path or the app's cache)."""
+    value = answer.headers.get("X-Cache")
+    return f"X-Cache: {value} on the check" if value else ""
+
+
+def join(*parts: str) -> str:
+    return "; ".join(part for part in parts if part)
+
+
+# -- one-time downloads ------------------------------------------------------------------
+
+class OneTime:
+    """The one-time scenario's files: before each round, uploads enough fresh files (one
+    download each) through nginx for the round to take only first downloads. The first
+    round is sized by a 2 s probe over a first batch (which also warms the path up);
+    later rounds by the best rate seen so far; ``margin`` times what the rate needs, plus
+    100. The list is capped at what uploads in ``max_upload_seconds``."""
+
+    def __init__(self, base: str, work: Path, duration: int, connections: int, script: Path,
+                 max_upload_seconds: float, probe_files: int = 600, margin: float = 2.0):
+        self.base, self.work, self.duration = base, work, duration
+        self.connections, self.script = connections, script
+        self.max_upload_seconds, self.probe_files, self.margin = max_upload_seconds, probe_files, margin
+        self.rates: list[float] = []  # 200s per second seen
+        self.upload_rate = 0.0
+        self.lists: dict[int, int] = {}  # round → files in its list
+        self.capped: dict[int, bool] = {}
+        self._local = threading.local()
+
+    def _upload_one(self, i: int) -> str:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        body = upload(self.base, os.urandom(4 * KiB), name=f"once-{i}.bin", session=session)
+        return f"{API}/file/{body['filehash']}"
+
+    def upload_list(self, count: int, name: str) -> Path:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            paths = list(pool.map(self._upload_one, range(count)))
+        elapsed = time.perf_counter() - started
+        self.upload_rate = max(self.upload_rate, count / elapsed)
+        listing = self.work / name
+        listing.write_text("".join(path + "\n" for path in paths))
+        log(f"  one-time: uploaded {count} files in {elapsed:.1f} s ({count / elapsed:.0f}/s, 4 threads)")
+        return listing
+
+    def args(self, listing: Path) -> list[str]:
+        return [str(listing), str(wrk_threads(self.connections))]
+
+    def prepare(self, round_: int) -> list[str]:
+        if not self.rates:
+            probe = self.probe_files
+            for _ in range(3):
+                listing = self.upload_list(probe, f"one-time-probe-{probe}.txt")
+                report = wrk(self.base, 2, self.connections, self.script, None, self.args(listing))
+                rate = report["ok"] / (report["duration_us"] / 1e6)
+                log(f"  one-time probe: {report['ok']} first downloads in 2 s over {probe} files"
+                    f"{' (ran out)' if report['threads_ran_out'] else ''}")
+                if not report["threads_ran_out"]:
+                    break
+                probe *= 3
+            self.rates.append(rate)
+        need = int(max(self.rates) * self.duration * self.margin) + 100
+        cap = max(100, int(self.upload_rate * self.max_upload_seconds))
+        self.capped[round_] = need > cap
+        count = min(need, cap)
+        self.lists[round_] = count
+        return self.args(self.upload_list(count, f"one-time-{round_}.txt"))
+
+    def after(self, report: dict) -> None:
+        report["threads"] = wrk_threads(self.connections)
+        report["list"] = self.lists[report["round"]]
+        report["capped"] = self.capped[report["round"]]
+        self.rates.append(report["figure"])
+
+
+def one_time_notes(report: dict) -> str:
+    note = (f"{report['ok']:,} answers 200, {report['other']:,} other, {report['errors']} socket errors; "
+            f"list of {report['list']:,} files")
+    if report["threads_ran_out"]:
+        note += (f", which ran out: {report['threads_ran_out']} of {report['threads']} wrk threads reached the end "
+                 f"of their slice (the first after about {report['first_out_after_s']} s of "
+                 f"{report['duration_us'] / 1e6:.0f}) and stopped, so the 200 rate, taken over the whole run, "
+                 f"understates")
+        if report["capped"]:
+            note += "; the list was capped by the upload time allowed"
+    return note
+
+
+# -- the run -----------------------------------------------------------------------------
+
+def wrk_rows(stack, work: Path, args, size_4k: int, size_16m: int) -> list[Row]:
+    """Upload the files, check every scenario's answer once, run wrk round-robin."""
+    c4, c16 = args.connections
+    script = write_wrk_script(work)
+    walk = write_wrk_script(work, "one-time.lua", ONE_TIME_LUA)
+    nginx = stack.nginx
+    notes: dict[str, str] = {}
+    scenarios: list[WrkScenario] = []
+    meta: dict[str, dict] = {}
+
+    def add(name, url, content, connections, size, baseline, *, headers=None, status=200, check_answer=None,
+            goal="", **extra):
+        answer = check_answer or check(name, url, content, status, headers)
+        notes[name] = x_cache(answer)
+        meta[name] = {"size": size, "baseline": baseline, "goal": goal, "status": status}
+        scenarios.append(WrkScenario(name, url, connections, extra.pop("script", script), headers or {}, **extra))
+
+    # 4 KiB
+    public = os.urandom(size_4k)
+    up = upload(nginx, public, {"X-Max-Downloads": "0"}, name="public.bin")
+    static_4k = "raw nginx static 4 KiB"
+    add(static_4k, nginx + static_path(up["sha256"]), public, c4, size_4k, None)
+    hot_url = f"{nginx}{API}/file/{up['filehash']}"
+    ask(hot_url, method="HEAD")
+    add("hot public 4 KiB", hot_url, public, c4, size_4k, static_4k, goal=f"ratio>={HOT_4K_GOAL}")
+
+    published = os.urandom(size_4k)
+    owned = upload(nginx, published, {"X-Max-Downloads": "0"}, name="published.bin")
+    answer = requests.post(f"{nginx}{API}/file/{owned['filehash']}/versions",
+                           headers={"X-Owner-Token": owned["owner_token"]}, timeout=60)
+    if answer.status_code != 201 or "/v/" not in answer.json().get("url", ""):
+        raise AssertionError(f"publishing a version: HTTP {answer.status_code} {answer.text[:300]}")
+    version_url = answer.json()["url"]
+    ask(version_url, method="HEAD")
+    add("published version 4 KiB", version_url, published, c4, size_4k, static_4k)
+
+    secret = secrets.token_urlsafe(12)
+    protected = os.urandom(size_4k)
+    up_pw = upload(nginx, protected, {"X-Max-Downloads": "0", "X-Password": secret}, name="password.bin")
+    pw_url = f"{nginx}{API}/file/{up_pw['filehash']}"
+    check("password 4 KiB (no password)", pw_url, None, 401)
+    ask(pw_url, {"X-Password": secret})
+    add("password 4 KiB", pw_url, protected, c4, size_4k, static_4k, headers={"X-Password": secret})
+
+    once = os.urandom(size_4k)
+    up_once = upload(nginx, once, name="once.bin")
+    once_url = f"{nginx}{API}/file/{up_once['filehash']}"
+    first = check("one-time 4 KiB", once_url, once)
+    check("one-time 4 KiB (second download)", once_url, None, 410)
+    one_time = OneTime(nginx, work, args.duration, c4, walk, max_upload_seconds=90 if not args.quick else 20)
+    add("one-time 4 KiB", nginx, once, c4, size_4k, static_4k, check_answer=first, script=walk,
+        prepare=one_time.prepare, warmup=False, after=one_time.after,
+        figure=lambda report: report["ok"] / (report["duration_us"] / 1e6))
+    notes["one-time 4 KiB"] = "each request a first download"
+
+    revalidate = {"If-None-Match": up["etag"]}
+    ask(hot_url, revalidate)
+    add("304 revalidation 4 KiB", hot_url, b"", c4, size_4k, static_4k, headers=revalidate, status=304)
+
+    unknown = f"{nginx}{API}/file/{secrets.token_hex(16)}"
+    ask(unknown)
+    add("cached 404", unknown, None, c4, size_4k, static_4k, status=404)
+
+    # 16 MiB
+    big = os.urandom(size_16m)
+    up16 = upload(nginx, big, {"X-Max-Downloads": "0"}, name="public16.bin")
+    static_16 = "raw nginx static 16 MiB"
+    add(static_16, nginx + static_path(up16["sha256"]), big, c16, size_16m, None)
+    hot16 = f"{nginx}{API}/file/{up16['filehash']}"
+    ask(hot16, method="HEAD")
+    add("hot public 16 MiB", hot16, big, c16, size_16m, static_16, goal=f"ratio>={MIB16_GOAL}")
+    big_limited = os.urandom(size_16m)
+    up_lim = upload(nginx, big_limited, {"X-Max-Downloads": LIMITED_DOWNLOADS}, name="limited16.bin")
+    add("X-Accel via app 16 MiB", f"{nginx}{API}/file/{up_lim['filehash']}", big_limited, c16, size_16m, static_16,
+        goal=f"ratio>={MIB16_GOAL}")
+    add("app sends 16 MiB", f"{stack.app}{API}/file/{up16['filehash']}", big, c16, size_16m, static_16)
+
+    def describe(scenario, report):
+        size = meta[scenario.key]["size"]
+        figure = report["figure"]
+        return (f"{scenario.key:<26} {figure:>9,.0f} req/s {figure * size / 1e6:>8,.1f} MB/s  "
+                f"p99 {report['p99_ms']:.1f} ms  non-2xx/3xx {report['non_2xx_3xx']}  errors {report['errors']}")
+
+    def quiet() -> None:
+        waited = settle([stack.accel_gunicorn.pid, stack.app_gunicorn.pid, stack.nginx_proc.pid])
+        if waited > 1:
+            log(f"  (waited {waited:.1f} s for the stack to finish the requests wrk left in flight)")
+
+    best = run_rounds(scenarios, args.rounds, args.duration, describe, quiet)
+    rows = []
+    for scenario in scenarios:
+        name, report, info = scenario.key, best[scenario.key], meta[scenario.key]
+        base_name = info["baseline"] or name
+        base_report = best[base_name]
+        mb = info["size"] >= MiB
+        unit = "MB/s" if mb else "req/s"
+        scale = info["size"] / 1e6 if mb else 1
+        if name == "one-time 4 KiB":
+            note = one_time_notes(report)
+        elif info["status"] == 404:
+            note = join(f"{report['non_2xx_3xx']:,} of {report['requests']:,} answers 404 as expected, "
+                        f"{report['errors']} socket errors", notes[name])
+        else:
+            note = join(f"non-2xx/3xx {report['non_2xx_3xx']:,}, socket errors {report['errors']}", notes[name])
+        if mb:
+            note = f"{report['figure']:,.1f} req/s; " + note
+        rows.append(Row(
+            group="16 MiB" if mb else "4 KiB", scenario=name, baseline=base_name, unit=unit,
+            figure=report["figure"] * scale, baseline_figure=base_report["figure"] * scale,
+            p99_ms=report["p99_ms"], notes=note, goal=info["goal"], is_baseline=info["baseline"] is None,
+        ))
+    return rows
+
+
+def curl_download(url: str, size: int) -> float:
+    """Seconds curl takes to download ``url`` (to /dev/null), which must be 200 and ``size`` bytes."""
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}", url],
+                         check=True, capture_output=True, text=True).stdout.split()
+    if int(out[0]) != 200 or int(out[1]) != size:
+        raise AssertionError(f"{url}: HTTP {out[0]}, {out[1]} bytes (expected 200, {size})")
+    return float(out[2])
+
+
+def check_big(name: str, url: str, size: int, sha256: str) -> requests.Response:
+    """A large download checked by its length and SHA-256, streamed."""
+    digest, length = hashlib.sha256(), 0
+    with requests.get(url, stream=True, timeout=600) as answer:
+        for chunk in answer.iter_content(8 * MiB):
+            digest.update(chunk)
+            length += len(chunk)
+    if answer.status_code != 200 or length != size or digest.hexdigest() != sha256:
+        raise AssertionError(f"{name}: HTTP {answer.status_code}, {length} bytes (expected 200, {size}, same sha256)")
+    return answer
+
+
+def big_rows(stack, work: Path, size: int, downloads: int) -> list[Row]:
+    """The large file: uploaded through nginx with the offload (against dd), downloaded
+    (raw nginx static against hot public), then uploaded to the app itself, raw and
+    multipart (each against its own dd)."""
+    label, mib = size_label(size), size // MiB
+    dd_name = f"dd conv=fsync {label}, same disk"
+    rows = []
+    source = work / "source.bin"
+
+    def fresh_source_and_dd() -> tuple[str, float]:
+        sha = make_source(source, size)
+        subprocess.run(["sync"], check=True)
+        return sha, size / dd_seconds(stack.storage, mib) / 1e6
+
+    def rss_note(result_peak: int, idle: int) -> str:
+        return f"idle worker {idle / MiB:.1f} MiB, peak +{(result_peak - idle) / MiB:.1f} MiB"
+
+    # Upload through nginx (offload): the file the downloads then use.
+    idle_accel = idle_rss(stack.accel_gunicorn.pid)
+    sha, dd = fresh_source_and_dd()
+    log(f"  {label} upload through nginx (offload) ...")
+    offload = upload_through_nginx(stack.nginx, source, sha, stack.storage, stack.accel_gunicorn.pid,
+                                   stack.nginx_proc.pid, {"X-Max-Downloads": "0"})
+    log(f"  {label} upload through nginx (offload): {offload['mbps']:.0f} MB/s, dd {dd:.0f} MB/s")
+    offload_row = Row(f"{label} upload", f"raw upload through nginx (offload) {label}", dd_name, "MB/s",
+                      offload["mbps"], dd, peak_rss=offload["app_peak"], goal=f"rss<{UPLOAD_RSS_GOAL}",
+                      notes=f"curl -T, {offload['seconds']:.2f} s; gunicorn {rss_note(offload['app_peak'], idle_accel)}; "
+                            f"nginx worker peak {offload['nginx_peak'] / MiB:.1f} MiB")
+
+    # Downloads of that file.
+    body = offload["body"]
+    static_url = stack.nginx + static_path(body["sha256"])
+    hot_url = f"{stack.nginx}{API}/file/{body['filehash']}"
+    check_big(f"raw nginx static {label}", static_url, size, sha)
+    ask(hot_url, method="HEAD")
+    hot_answer = check_big(f"hot public {label}", hot_url, size, sha)
+    seconds = {"static": [], "hot": []}
+    for attempt in range(1, downloads + 1):
+        for key, url in (("static", static_url), ("hot", hot_url)):
+            seconds[key].append(curl_download(url, size))
+        log(f"  {label} download {attempt}: static {size / seconds['static'][-1] / 1e6:,.0f} MB/s, "
+            f"hot public {size / seconds['hot'][-1] / 1e6:,.0f} MB/s")
+    static_name = f"raw nginx static {label}"
+    best_static, best_hot = size / min(seconds["static"]) / 1e6, size / min(seconds["hot"]) / 1e6
+    rows.append(Row(f"{label} download", static_name, static_name, "MB/s", best_static, best_static,
+                    notes=f"curl, best of {downloads}: {min(seconds['static']):.2f} s", is_baseline=True))
+    rows.append(Row(f"{label} download", f"hot public {label}", static_name, "MB/s", best_hot, best_static,
+                    notes=join(f"curl, best of {downloads}: {min(seconds['hot']):.2f} s", x_cache(hot_answer))))
+    rows.append(offload_row)
+    offload["stored"].unlink()
+
+    # Uploads the app writes itself (gunicorn with DELIVERY=app, no nginx, no offload).
+    idle_app = idle_rss(stack.app_gunicorn.pid)
+    for kind, (how, _args) in UPLOADS.items():
+        sha, dd = fresh_source_and_dd()
+        log(f"  {label} {how} to the app ...")
+        result = upload_to_app(stack.app + API, kind, source, stack.app_gunicorn.pid, sha)
+        log(f"  {label} {how} to the app: {result['mbps']:.0f} MB/s, dd {dd:.0f} MB/s")
+        rows.append(Row(f"{label} upload", f"{kind} upload to the app {label}", dd_name, "MB/s", result["mbps"], dd,
+                        peak_rss=result["peak"], goal=f"rss<{UPLOAD_RSS_GOAL}",
+                        notes=f"{how.split('(')[-1].rstrip(')')}, {result['seconds']:.2f} s; "
+                              f"gunicorn {rss_note(result['peak'], idle_app)}"))
+        stored = stack.storage / "blobs" / sha[:2] / sha[2:4] / sha
+        stored.unlink(missing_ok=True)
+    source.unlink()
+    return rows
+
+
+def sweep_rows(files: int) -> list[Row]:
+    log(f"  sweep of {files:,} expired files, then the plain SQL baseline ...")
+    result = sweep_against_plain_sql(files)
+    sweep, plain = result["sweep"], result["plain"]
+    phases = sweep["phases"]
+    return [Row(
+        "sweep", f"sweep {files:,} expired files", "one plain SQL transaction + unlinks", "files/s",
+        files / sweep["elapsed"], files / plain["elapsed"], peak_rss=sweep["peak_rss"],
+        notes=(f"sweep {sweep['elapsed']:.1f} s (expire {phases['expire']:.1f} s, release {phases['release']:.1f} s), "
+               f"RSS {sweep['rss_before'] / MiB:.0f} MiB before; baseline {plain['elapsed']:.1f} s "
+               f"(SQL {plain['sql_seconds']:.1f} s, unlinks {plain['unlink_seconds']:.1f} s, 8 in flight)"),
+    )]
+
+
+# -- the report --------------------------------------------------------------------------
+
+def fmt_figure(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "MB/s" and value < 100:
+        return f"{value:,.1f} {unit}"
+    return f"{value:,.0f} {unit}"
+
+
+def fmt_ratio(ratio: float | None) -> str:
+    """Two decimals, or two significant digits below 0.1 (0.038, 0.00042)."""
+    if ratio is None:
+        return "—"
+    if ratio >= 0.1:
+        return f"{ratio:.2f}"
+    return f"{ratio:.{1 - math.floor(math.log10(ratio))}f}"
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| scenario | baseline | figure | baseline figure | ratio | p99 / peak RSS | goal | notes |",
+             "|---|---|---:|---:|---:|---:|---|---|"]
+    for row in rows:
+        if row.p99_ms is not None:
+            extra = f"p99 {row.p99_ms:,.1f} ms"
+        elif row.peak_rss is not None:
+            extra = f"{row.peak_rss / MiB:.1f} MiB"
+        else:
+            extra = ""
+        goal = row.goal_state()
+        goal_text = "" if goal is None else f"{goal[0]}: **{'met' if goal[1] else 'not met'}**"
+        ratio = "1.00 (baseline)" if row.is_baseline else fmt_ratio(row.ratio)
+        lines.append(f"| {row.scenario} | {'—' if row.is_baseline else row.baseline} | "
+                     f"{fmt_figure(row.figure, row.unit)} | {fmt_figure(row.baseline_figure, row.unit)} | "
+                     f"{ratio} | {extra} | {goal_text} | {row.notes} |")
+    return "\n".join(lines)
+
+
+def goals_summary(rows: list[Row]) -> list[str]:
+    lines = []
+    for row in rows:
+        goal = row.goal_state()
+        if goal is None:
+            continue
+        figure = (f"{fmt_ratio(row.ratio)}×" if row.goal.startswith("ratio") else f"{row.peak_rss / MiB:.1f} MiB")
+        lines.append(f"* {row.scenario}: {goal[0]}: **{'met' if goal[1] else 'not met'}** ({figure})")
+    return lines
+
+
+def chart(rows: list[Row], path: Path, title: str) -> None:
+    """Horizontal bars of each scenario's ratio to its baseline (log scale; the colour
+    says which baseline), a line at 1.0 and a marker at each goal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    shown = [row for row in rows if not row.is_baseline and row.ratio]
+    palette = ["#4c72b0", "#55a868", "#dd8452", "#c44e52", "#8172b2", "#937860"]
+    colours: dict[str, str] = {}
+    for row in shown:
+        colours.setdefault(row.baseline, palette[len(colours) % len(palette)])
+    fig, ax = plt.subplots(figsize=(9, 0.3 * len(shown) + 2.4), dpi=100)
+    ys = list(range(len(shown)))[::-1]
+    ratios = [row.ratio for row in shown]
+    ax.barh(ys, ratios, color=[colours[row.baseline] for row in shown], height=0.65)
+    ax.set_xscale("log")
+    low = 10 ** math.floor(math.log10(min(min(ratios), 0.05) / 1.5))
+    high = max(max(ratios) * 2, 2.0)
+    ax.set_xlim(low, high)
+    ticks = [t for t in (0.0001, 0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10) if low <= t <= high]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:g}×" for t in ticks], fontsize=8)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([row.scenario for row in shown], fontsize=8)
+    ax.axvline(1.0, color="black", linewidth=1)
+    for y, row in zip(ys, shown):
+        right = row.ratio
+        if row.goal.startswith("ratio>="):
+            goal = float(row.goal.split(">=")[1])
+            ax.plot([goal, goal], [y - 0.45, y + 0.45], color="#d62728", linewidth=2.5)
+            right = max(right, goal)
+        ax.text(right * 1.1, y, f"{fmt_ratio(row.ratio)}×", va="center", fontsize=7)
+    handles = [Patch(color=colour, label=f"vs {baseline}") for baseline, colour in colours.items()]
+    handles += [Line2D([0], [0], color="black", linewidth=1, label="1.0× the baseline"),
+                Line2D([0], [0], color="#d62728", linewidth=2.5, label="goal (0.5× hot 4 KiB, 0.9× 16 MiB)")]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.4, -0.09), ncol=2, fontsize=7, frameon=False)
+    ax.set_xlabel("figure ÷ its baseline's, both from the same run (log scale; higher is better)", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", color="#dddddd", linewidth=0.5)
+    ax.set_axisbelow(True)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def duration_text(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+
+
+def command_line() -> str:
+    python = os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else sys.executable
+    command = " ".join([python, "bench/suite.py", *sys.argv[1:]])
+    return f"make bench (= {command})" if os.environ.get("MAKELEVEL") else command
+
+
+def report_block(rows, args, info_before, load_after, elapsed, chart_link: str | None) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(info_before["time"]))
+    c4, c16 = args.connections
+    big = size_label(args.big_mib * MiB)
+    rounds = f"{args.rounds} round{'s' if args.rounds != 1 else ''}"
+    load = " / ".join(f"{x:.2f}" for x in info_before["load"]), " / ".join(f"{x:.2f}" for x in load_after)
+    lines = [
+        "## Every scenario side by side: `make bench`",
+        "",
+        "    make bench          # = .venv/bin/python bench/suite.py (installs wrk when missing)",
+        "    make bench-quick    # --quick: 2 s per scenario, 64 MiB, 10,000 files; checks the harness, writes nothing",
+        "",
+        f"This section is written by `bench/suite.py` (between its markers); the sections after it are earlier runs "
+        f"of the single benches. Command: `{command_line()}`; run of {when}, {duration_text(elapsed)}. Machine: "
+        f"{describe_machine(info_before)}; load average (1 / 5 / 15 min) {load[0]} before, {load[1]} after.",
+        "",
+        f"One private stack on loopback, on a throwaway PostgreSQL database: nginx rendered from nginx.conf, plus a "
+        f"plain `location /static/` on the blobs, in front of gunicorn (gunicorn.conf.py's defaults) with "
+        f"`VIMEO_DELIVERY=accel` and the upload offload, metadata cache and rate limits in Redis; a second gunicorn "
+        f"with `VIMEO_DELIVERY=app`, no nginx. wrk: {args.duration} s per scenario after a 2 s warm-up, 2 threads, "
+        f"{c4} connections for 4 KiB and {c16} for 16 MiB, {rounds} round-robin, each scenario's best kept; between "
+        f"runs the suite waits for the stack to finish what wrk left in flight. Every answer is checked once (status "
+        f"and bytes) before it is timed. Ratio = figure ÷ its baseline's figure, both from this run; goals are judged "
+        f"from these figures.",
+        "",
+        "* **raw nginx static**: nginx alone sending the same blob file from `location /static/`: the machine's limit.",
+        "* **hot public**: `GET /file/<filehash>` of a file uploaded with `X-Max-Downloads: 0` and no password; "
+        "**published version**: `GET /v/<version_id>` (POST `/file/<filehash>/versions`); **password**: a file with "
+        "`X-Password`, requested with the right `X-Password`; **304 revalidation**: the hot public file with "
+        "`If-None-Match` of its ETag; **cached 404**: one unknown 32-hex filehash, again and again.",
+        "* **one-time**: files uploaded before each round with the default of one download; a wrk script walks the "
+        "list (each thread its own slice), so every request is a first download; only 200 answers count.",
+        f"* **X-Accel via app**: a file with `X-Max-Downloads: {LIMITED_DOWNLOADS}` (the API's largest), so the app "
+        "decides every download and answers X-Accel-Redirect; **app sends**: the hot public file from the "
+        "`VIMEO_DELIVERY=app` gunicorn.",
+        f"* **{big} downloads**: curl, raw nginx static against hot public, best of 3 each, alternating. **{big} "
+        "uploads**: fresh random bytes, `curl -T` through nginx with the offload (the file the downloads use), "
+        "`curl -T` and `curl -F` to the `VIMEO_DELIVERY=app` gunicorn, which writes the bytes itself; each against "
+        f"`dd if=/dev/zero bs=1M conv=fsync` of {big} into the storage directory just before it; peak RSS: the "
+        "largest gunicorn worker's, sampled every 10 ms.",
+        f"* **sweep**: bench/sweep.py's periodic sweep (set-based batches, expire and release) over {args.sweep_files:,} "
+        "expired files, each with its own blob; baseline: the same end state reached the plainest way on a database "
+        "and storage filled the same way: one SQL transaction (`UPDATE files` to gone, `DELETE FROM blobs`), then "
+        "the byte files unlinked 8 in flight, as the sweep does. Peak RSS: the sweep's process.",
+        "",
+        table(rows),
+        "",
+        "Goals (the 16 MiB one is judged on both 16 MiB rows through nginx):",
+        "",
+        *goals_summary(rows),
+        "",
+    ]
+    if chart_link:
+        lines += [f"![Each scenario's ratio to its baseline, log scale]({chart_link})", ""]
+    return "\n".join(lines)
+
+
+def write_performance(block: str, path: Path = PERFORMANCE) -> None:
+    """Replace what lies between the markers (added after the introduction, before the
+    first ``## `` section, when missing); the rest of the file stays as it is."""
+    text = path.read_text()
+    section = f"{BEGIN}\n{block.rstrip()}\n{END}"
+    if BEGIN in text and END in text:
+        start, end = text.index(BEGIN), text.index(END) + len(END)
+        text = text[:start] + section + text[end:]
+    else:
+        at = text.find("\n## ")
+        at = len(text) if at < 0 else at + 1
+        text = text[:at] + section + "\n\n" + text[at:]
+    path.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, help="seconds per wrk scenario (default 10; --quick: 2)")
+    parser.add_argument("--rounds", type=int, help="round-robin runs of every wrk scenario, best kept (default 2; --quick: 1)")
+    parser.add_argument("--quick", action="store_true",
+                        help="check the harness: 2 s, 1 round, 64 MiB instead of 1 GiB, a 10,000-file sweep; "
+                             "writes nothing unless --write")
+    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
+                        help="write PERFORMANCE.md and bench/suite.png (default: yes, unless --quick)")
+    parser.add_argument("--connections", default="32,16", help="wrk connections for 4 KiB, 16 MiB")
+    parser.add_argument("--big-mib", type=int, help="size of the large upload/download (default 1024; --quick: 64)")
+    parser.add_argument("--sweep-files", type=int, help="files of the sweep (default 100,000; --quick: 10,000)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) and print it")
+    args = parser.parse_args()
+    args.duration = args.duration or (2 if args.quick else 10)
+    args.rounds = args.rounds or (1 if args.quick else 2)
+    args.big_mib = args.big_mib or (64 if args.quick else 1024)
+    args.sweep_files = args.sweep_files or (10_000 if args.quick else 100_000)
+    args.connections = tuple(int(c) for c in args.connections.split(","))
+    write = (not args.quick) if args.write is None else args.write
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: bash scripts/install-nginx wrk (make bench does)")
+
+    # SIGTERM (a CI timeout, kill) ends the run through the finally blocks below: the
+    # stack stopped, the databases dropped, the work directory removed.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
+    started = time.monotonic()
+    info = machine()
+    log(f"suite: {describe_machine(info)}; load average {' '.join(f'{x:.2f}' for x in info['load'])}")
+    big = args.big_mib * MiB
+    work = ROOT / "var" / f"bench-suite-{secrets.token_hex(3)}"  # the project's disk, like a stack's storage
+    work.mkdir(parents=True)
+    prefix = f"vimeo_bench_{secrets.token_hex(4)}"
+    db_url = create_database()
+    procs: list = []
+    rows: list[Row] = []
+    try:
+        env = {**redis_env(prefix), "VIMEO_TRUSTED_PROXY_COUNT": "1",
+               # The one-time scenario uploads thousands of files from 127.0.0.1.
+               "VIMEO_UPLOAD_RATE_LIMIT": "1000000/minute"}
+        stack = start_stack(work, db_url, procs, env, max_body_size=max(2 * big, 64 * MiB))
+        log(f"suite: nginx {stack.nginx} → gunicorn (accel), gunicorn (app) {stack.app}; work directory {work}")
+        rows += wrk_rows(stack, work, args, 4 * KiB, 16 * MiB)
+        rows += big_rows(stack, work, big, downloads=3)
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        drop_database(db_url)
+        delete_redis_keys(prefix)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    rows += sweep_rows(args.sweep_files)
+    load_after = os.getloadavg()
+    elapsed = time.monotonic() - started
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    chart_path = CHART if write else RESULTS / "suite-quick.png"
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(info["time"]))
+    chart(rows, chart_path, f"Ratio to the baseline of the same run — {when}, {info['cpus']} CPUs"
+                            f"{', --quick' if args.quick else ''}")
+    block = report_block(rows, args, info, load_after, elapsed,
+                         os.path.relpath(chart_path, PERFORMANCE.parent) if write else None)
+    (RESULTS / "suite.json").write_text(json.dumps({
+        "command": command_line(), "machine": info, "load_after": load_after, "elapsed": elapsed,
+        "rows": [{**asdict(row), "ratio": row.ratio, "goal_met": (row.goal_state() or (None, None))[1]}
+                 for row in rows]}, indent=1))
+    print(block)
+    if write:
+        write_performance(block)
+        log(f"suite: wrote {PERFORMANCE.relative_to(ROOT)} and {chart_path.relative_to(ROOT)} "
+            f"({chart_path.stat().st_size // 1024} KiB)")
+    else:
+        log(f"suite: chart in {chart_path.relative_to(ROOT)} ({chart_path.stat().st_size // 1024} KiB); "
+            f"PERFORMANCE.md left as it is (--write writes it)")
+    if args.keep:
+        log(f"work directory: {work}")
+    log(f"suite: took {duration_text(elapsed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
