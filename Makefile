@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test venv services nginx stack migrate clean bench bench-quick bench-downloads bench-upload-offload bench-upload-memory
+.PHONY: run test venv services nginx stack migrate clean bench bench-quick bench-downloads bench-upload-offload bench-upload-memory bench-workers
 
 venv: $(STAMP)
 
@@ -48,6 +48,11 @@ bench: venv services nginx
 bench-quick: venv services nginx
 	bash scripts/install-nginx wrk
 	$(BIN)/python bench/suite.py --quick
+
+# gunicorn worker class and count for the requests that reach the app (wrk, 4 configurations).
+bench-workers: venv services nginx
+	bash scripts/install-nginx wrk
+	$(BIN)/python bench/workers.py
 
 # A 1 GiB upload on the embedded default (SQLite, the app writes the bytes), against dd.
 bench-upload-memory: venv services
