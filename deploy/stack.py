@@ -38,6 +38,8 @@ MiB = 1024 * 1024
 # Where nginx's raw-upload body files go, below the storage directory (same filesystem
 # as the blobs, so the app renames them into place). vimeo_api/offload.py checks it.
 BODY_DIR = "nginx-body"
+# nginx.conf's log of the downloads it answered on the fast path (in its log_dir).
+FAST_DOWNLOADS_LOG = "fast-downloads.log"
 # The errors nginx itself may answer, each as the API's JSON (nginx.conf's @json_<code>).
 JSON_ERROR_CODES = (400, 403, 404, 405, 408, 411, 412, 413, 414, 416, 429, 500, 502, 503, 504)
 
@@ -229,6 +231,8 @@ def stack_environment(base: dict[str, str]) -> dict[str, str]:
     # What makes it the stack: nginx sends the bytes and writes raw upload bodies.
     env["VIMEO_DELIVERY"] = "accel"
     env["VIMEO_UPLOAD_OFFLOAD"] = "1"
+    # nginx.conf's log of fast-path downloads, counted by the sweep (vimeo_api/fastcount.py).
+    env.setdefault("VIMEO_FAST_PATH_LOG", str(stack_dir / "log" / FAST_DOWNLOADS_LOG))
     env.setdefault("GUNICORN_BIND", f"127.0.0.1:{env.get('VIMEO_STACK_APP_PORT', '8001')}")
     # Longer than nginx's upstream keepalive_timeout (60 s): see nginx.conf.
     env.setdefault("GUNICORN_KEEPALIVE", "75")

@@ -179,3 +179,63 @@ def test_a_grant_made_from_stale_metadata_is_removed_again(app):
             assert stale.password_hash is None  # the cache still says public
             assert fastpath.ensure_file(stale) is None
     assert grants(app) == []
+
+
+# -- counting what nginx served (fastcount.py) ------------------------------------------
+
+def test_the_fast_path_log_is_counted_once_whole_lines_only_and_after_rotation(make_app, backend, tmp_path):
+    from vimeo_api import fastcount
+
+    log = tmp_path / "fast-downloads.log"
+    app = make_app(DELIVERY="accel", FAST_PATH_LOG=str(log))
+    client = app.test_client()
+    a = upload(client, b"a" * 10, max_downloads="0")["filehash"]
+    b = upload(client, b"b" * 20, max_downloads="0")["filehash"]
+
+    def line(fh, nbytes):
+        return f"/f/{fh[:2]}/{fh}/{'0' * 32} {nbytes}\n".encode()
+
+    def counts():
+        with app.app_context():
+            rows = db.session.execute(text("select filehash, downloads, bytes_served from files")).all()
+            return {r[0]: (r[1], r[2]) for r in rows}
+
+    with app.app_context():
+        assert fastcount.count_served() == 0  # no log yet
+        log.write_bytes(line(a, 10) + line(a, 4) + b"garbage that is not a download\n" + line(b, 20) + line(a, 10)[:20])
+        assert fastcount.count_served() == 3
+        assert counts() == {a: (2, 14), b: (1, 20)}
+        assert fastcount.count_served() == 0  # nothing new; the cut line waits for its end
+        with open(log, "ab") as fh:
+            fh.write(line(a, 10)[20:])
+        assert fastcount.count_served() == 1
+        assert counts()[a] == (3, 24)
+        # Rotated: a new file (new inode) is read from its start.
+        log.rename(tmp_path / "fast-downloads.log.1")
+        log.write_bytes(line(b, 20))
+        assert fastcount.count_served() == 1
+        assert counts() == {a: (3, 24), b: (2, 40)}
+
+
+def test_without_a_log_setting_nothing_is_counted(app):
+    from vimeo_api import fastcount
+
+    with app.app_context():
+        assert app.config["FAST_PATH_LOG"] is None
+        assert fastcount.count_served() == 0
+
+
+def test_a_sweep_counts_the_log_and_publishes_the_count(make_app, tmp_path):
+    from vimeo_api import sweep
+
+    log = tmp_path / "fast-downloads.log"
+    app = make_app(DELIVERY="accel", FAST_PATH_LOG=str(log))
+    client = app.test_client()
+    fh = upload(client, b"c" * 5, max_downloads="0")["filehash"]
+    log.write_bytes(f"/f/{fh[:2]}/{fh}/{'1' * 32} 5\n".encode() * 3)
+    with app.app_context():
+        assert sweep.run(orphans=False).fast_downloads == 3
+        assert sweep.run(orphans=False).fast_downloads == 0
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "vimeo_fast_path_downloads_total 3.0" in metrics
+    assert 'vimeo_sweep_backlog{kind="fast_downloads"}' not in metrics

@@ -43,6 +43,10 @@ DEFAULTS: dict[str, object] = {
     # grants the app makes (vimeo_api/fastpath.py, nginx.conf's fast path). None: on
     # whenever nginx sends the bytes (DELIVERY "accel").
     "FAST_PATH": None,
+    # nginx's log of the downloads it answered on the fast path (nginx.conf's
+    # fast-downloads.log); each sweep adds them to the files' counts (fastcount.py).
+    # None: they are not counted.
+    "FAST_PATH_LOG": None,
     # werkzeug.security method for file passwords (salted, slow).
     "PASSWORD_HASH_METHOD": "scrypt",
     # Seconds a right password is remembered per file (under an HMAC in the cache), so

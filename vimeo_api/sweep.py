@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from . import files, observability, versions
+from . import fastcount, files, observability, versions
 from .extensions import db
 from .models import Blob, utcnow
 
@@ -38,6 +38,7 @@ class SweepReport:
     expired: int = 0
     retired: int = 0
     released: int = 0
+    fast_downloads: int = 0
     stale_uploads: int = 0
     orphans: int = 0
 
@@ -51,6 +52,7 @@ def run(batch_size: int | None = None, orphans: bool = True) -> SweepReport:
     cfg = current_app.config
     batch_size = batch_size or cfg["SWEEP_BATCH_SIZE"]
     report = SweepReport()
+    report.fast_downloads = fastcount.count_served()
     report.expired = drain(files.expire_due, batch_size)
     report.retired = drain(versions.retire_due, batch_size)
     storage = files.storage()

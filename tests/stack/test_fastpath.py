@@ -9,18 +9,23 @@ answered X-Accel-Redirect, the request's own path when the app sent the answer.
 from __future__ import annotations
 
 import http.client
+import json
 import re
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import create_engine, text
 
 from .harness import API, _conftest
 from .test_nginx import SUCCESS_HEADERS, access_line, assert_json_error, get, once, upload
 
 CONTENT = bytes(range(256)) * 40  # 10 KiB
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def served(stack, response: requests.Response) -> str:
@@ -290,3 +295,41 @@ def stack_operator_token(stack, scope: str) -> str:
         return target.operator_token(scope)
     finally:
         target.close()
+
+
+# -- what nginx answered is counted by the sweep ----------------------------------------
+
+def test_the_sweep_counts_the_downloads_nginx_answered(stack):
+    body = public(stack)
+    path = f"/file/{body['filehash']}"
+    made = requests.post(stack.base + API + path + "/versions", headers=owner(body), timeout=10).json()
+    hot(stack, "/v/" + made["version_id"])  # versions use no downloads: never counted
+    answers = [get(stack, path) for _ in range(6)]
+    answers.append(get(stack, path, {"Range": "bytes=0-99"}))
+    answers.append(hot(stack, path))
+    assert all(a.status_code in (200, 206) for a in answers)
+    by = [by_nginx(stack, a) for a in answers]
+    assert by[0] is False and sum(by) >= 5  # the first (and any fallback) was the app's
+    sent = sum(len(a.content) for a in answers)
+
+    def counted():
+        engine = create_engine(stack.db_url)
+        try:
+            with engine.connect() as conn:
+                return tuple(conn.execute(text("select downloads, bytes_served from files where filehash = :h"),
+                                          {"h": body["filehash"]}).one())
+        finally:
+            engine.dispose()
+
+    assert counted()[0] == len(answers) - sum(by)  # the app counted its own at once
+    time.sleep(0.3)  # nginx writes its log line after the answer
+    sweep = subprocess.run([sys.executable, "manage.py", "files", "sweep", "--json"], cwd=ROOT, env=stack.env,
+                           capture_output=True, text=True, timeout=60)
+    assert sweep.returncode == 0, sweep.stderr
+    assert json.loads(sweep.stdout)["fast_downloads"] >= sum(by)
+    assert counted() == (len(answers), sent)
+    # A second sweep finds nothing new.
+    again = subprocess.run([sys.executable, "manage.py", "files", "sweep", "--json"], cwd=ROOT, env=stack.env,
+                           capture_output=True, text=True, timeout=60)
+    assert json.loads(again.stdout)["fast_downloads"] == 0
+    assert counted() == (len(answers), sent)
