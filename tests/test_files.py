@@ -314,6 +314,39 @@ def test_replace_content_of_a_gone_file_is_none(ctx):
     assert blob(sha(b"new")) is None
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_replace_takes_the_file_row_before_blob_rows(ctx):
+    """A sweep batch (or a deletion) holds a file's row and then takes a blob's row.
+    A replacement of that file with that blob's content must wait for the file's row
+    first: taking the blob's row first made a lock cycle, and PostgreSQL aborted one."""
+    file, _ = new_file(b"old", max_downloads=0)
+    new_file(b"popular")  # the replacement's content already has a blob row
+    held, errors = threading.Event(), []
+    engine = db.engine
+
+    def sweep_like():
+        with engine.connect() as conn:
+            try:
+                conn.execute(text("select id from files where id = :id for update"), {"id": file.id})
+                held.set()
+                threading.Event().wait(0.8)  # the replacement is waiting meanwhile
+                conn.execute(text("update blobs set refcount = refcount where sha256 = :s"), {"s": sha(b"popular")})
+                conn.commit()
+            except Exception as exc:  # a deadlock abort lands here or in the replacement
+                errors.append(exc)
+
+    other = threading.Thread(target=sweep_like)
+    other.start()
+    assert held.wait(5)
+    upload = files.storage().new_upload()
+    upload.write(b"popular")
+    replaced = files.replace_content(file, upload, None)
+    other.join()
+    assert errors == []
+    assert replaced.sha256 == sha(b"popular")
+    assert blob(sha(b"popular")).refcount == 2
+
+
 def test_update_options(ctx):
     file, _ = new_file(max_downloads=0)
     updated = files.update_options(file, Options(password="pw", max_downloads=5, expires_at=None))

@@ -95,6 +95,17 @@ def replace_content(file: File, upload: UploadFile, content_type: str | None) ->
     Options and the download count stay as they are."""
     now = whole_second(utcnow())
     old_sha = file.sha256
+    # The file's row first, then blob rows: the order downloads, deletions and the sweep
+    # take them in. Taking the new blob's row first could deadlock with a sweep batch
+    # holding this file and waiting for that blob (PostgreSQL would abort one of them).
+    locked = db.session.execute(
+        select(File.id)
+        .where(File.id == file.id, File.status == FileStatus.AVAILABLE, File.sha256 == old_sha)
+        .with_for_update()
+    ).first()
+    if locked is None:
+        db.session.rollback()
+        return None
     _acquire_blob(upload, now)
     changed = db.session.execute(
         update(File)
