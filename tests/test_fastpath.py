@@ -239,3 +239,27 @@ def test_a_sweep_counts_the_log_and_publishes_the_count(make_app, tmp_path):
     metrics = client.get("/metrics").get_data(as_text=True)
     assert "vimeo_fast_path_downloads_total 3.0" in metrics
     assert 'vimeo_sweep_backlog{kind="fast_downloads"}' not in metrics
+
+
+def test_the_sweep_removes_grants_a_writer_left_behind(app):
+    """A writer that died between its commit and removing the grants: the next sweep
+    removes them, and leaves the grants that are still true."""
+    from vimeo_api import sweep
+
+    client = app.test_client()
+    stale = upload(client, b"stale", max_downloads="0")
+    kept = upload(client, b"kept", max_downloads="0")
+    version = client.post(f"{API}/file/{kept['filehash']}/versions", headers={"X-Owner-Token": kept["owner_token"]}).json
+    for path in (f"/file/{stale['filehash']}", f"/file/{kept['filehash']}", f"/v/{version['version_id']}"):
+        assert client.get(API + path).status_code == 200
+    assert len(grants(app)) == 3
+    with app.app_context():
+        # The change a crashed writer committed, its grant still in place.
+        db.session.execute(text("update files set status = 'gone', gone_reason = 'deleted' where filehash = :h"),
+                           {"h": stale["filehash"]})
+        db.session.commit()
+        assert sweep.run(orphans=False).stale_grants == 1
+        assert sweep.run(orphans=False).stale_grants == 0
+    left = grants(app)
+    assert len(left) == 2 and not any(stale["filehash"] in str(g) for g in left)
+    assert not Path(app.config["STORAGE_DIR"], "grants", "f", stale["filehash"][:2], stale["filehash"]).exists()

@@ -223,6 +223,48 @@ def revoke_all() -> int:
     return count
 
 
+def audit(batch_size: int = 500) -> int:
+    """Remove every grant whose file or version no longer has the state it names (each
+    sweep runs this): what a writer that died between its commit and its removal of the
+    grants left behind. Returns how many grants went. Removing is always safe: the app
+    answers those requests and grants again what is still shareable."""
+    if not enabled():
+        return 0
+    removed = 0
+    for kind, current_grants in (("f", _current_file_grants), ("v", _current_version_grants)):
+        top = os.path.join(_root(), kind)
+        idents = [ident for shard in _listdir(top) for ident in _listdir(os.path.join(top, shard)) if _ID.match(ident)]
+        for start in range(0, len(idents), batch_size):
+            batch = idents[start:start + batch_size]
+            current = current_grants(batch)
+            db.session.rollback()
+            for ident in batch:
+                grant = current.get(ident)
+                directory = os.path.join(top, ident[:2], ident)
+                for name in _listdir(directory):
+                    if grant is None or name != grant.digest:
+                        _unlink(os.path.join(directory, name))
+                        removed += 1
+                if grant is None:
+                    try:
+                        os.rmdir(directory)
+                    except OSError:
+                        pass
+    return removed
+
+
+def _current_file_grants(filehashes: list[str]) -> dict[str, Grant | None]:
+    rows = db.session.execute(select(File).where(File.filehash.in_(filehashes))).scalars().all()
+    return {row.filehash: file_grant(row) for row in rows}
+
+
+def _current_version_grants(version_ids: list[str]) -> dict[str, Grant | None]:
+    rows = db.session.execute(
+        select(Version, File).join(File, File.id == Version.file_id).where(Version.version_id.in_(version_ids))
+    ).all()
+    return {row[0].version_id: version_grant((row[0], row[1])) for row in rows}
+
+
 def _revoke(kind: str, ident: str) -> None:
     directory = os.path.join(_root(), kind, ident[:2], ident)
     for name in _listdir(directory):

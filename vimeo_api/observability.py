@@ -79,7 +79,7 @@ class Metrics:
         self.sweep_backlog = Gauge(
             "vimeo_sweep_backlog",
             "What the latest sweep found left undone, by kind: expired files, versions to retire, "
-            "released bytes, stale uploads, orphans. Non-zero means tasks were lost or nothing else did it.",
+            "released bytes, stale fast-path grants, stale uploads, orphans. Non-zero means tasks were lost or nothing else did it.",
             ["kind"], registry=registry, multiprocess_mode="mostrecent",
         )
         self.fast_downloads = Counter(

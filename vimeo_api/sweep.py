@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from . import fastcount, files, observability, versions
+from . import fastcount, fastpath, files, observability, versions
 from .extensions import db
 from .models import Blob, utcnow
 
@@ -39,6 +39,7 @@ class SweepReport:
     retired: int = 0
     released: int = 0
     fast_downloads: int = 0
+    stale_grants: int = 0
     stale_uploads: int = 0
     orphans: int = 0
 
@@ -54,6 +55,7 @@ def run(batch_size: int | None = None, orphans: bool = True) -> SweepReport:
     report = SweepReport()
     report.fast_downloads = fastcount.count_served()
     report.expired = drain(files.expire_due, batch_size)
+    report.stale_grants = fastpath.audit(batch_size)
     report.retired = drain(versions.retire_due, batch_size)
     storage = files.storage()
     report.stale_uploads = storage.remove_stale_uploads(cfg["STALE_UPLOAD_SECONDS"])
