@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -23,16 +22,11 @@ import pytest
 import redis
 from sqlalchemy import event
 
+from deploy.stack import free_port
 from vimeo_api.extensions import db
 
 SHARED_REDIS = os.environ.get("VIMEO_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 API = "/vimeo/api/v1.0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrivateRedis:

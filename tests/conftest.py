@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from deploy.stack import free_port, gunicorn_command, spawn, stop
 from vimeo_api import create_app
 from vimeo_api.extensions import db
 
@@ -121,12 +120,6 @@ def runner(app):
 
 # -- a real gunicorn -------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -186,14 +179,7 @@ def gunicorn_server(tmp_path, request):
                 conn.execute(text("TRUNCATE files, blobs, versions, api_tokens RESTART IDENTITY CASCADE"))
             engine.dispose()
         log_path = tmp_path / f"gunicorn-{port}.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "vimeo_api.wsgi:app"],
-            cwd=ROOT,
-            env=env,
-            stdout=log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = spawn(gunicorn_command(), env, log_path)
         server = LiveServer(f"http://127.0.0.1:{port}", proc, env, log_path)
         servers.append(server)
         wait_for_http(server.api + "/file/" + "0" * 32, proc=proc)
@@ -201,13 +187,7 @@ def gunicorn_server(tmp_path, request):
 
     yield start
     for server in servers:
-        if server.proc.poll() is None:
-            os.killpg(server.proc.pid, signal.SIGTERM)
-            try:
-                server.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.proc.pid, signal.SIGKILL)
-                server.proc.wait()
+        stop(server.proc, timeout=15)
 
 
 # -- one client interface over every deployment ----------------------------------------

@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from deploy.stack import free_port  # noqa: F401  (the tests import it from here)
+
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/vimeo/api/v1.0"
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def upload(client, content: bytes = b"hello world\n", filename: str = "hello.txt", **fields) -> dict:

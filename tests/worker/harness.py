@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from pathlib import Path
 import redis
 import requests
 from sqlalchemy import create_engine, text
+
+from deploy.stack import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,12 +47,6 @@ API = "/vimeo/api/v1.0"
 
 
 # -- small helpers ---------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def wait_until(predicate, timeout: float, message: str, interval: float = 0.1):
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
@@ -99,13 +94,7 @@ class Process:
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop(self.proc, timeout=15)
 
 
 # -- private services -----------------------------------------------------------------
