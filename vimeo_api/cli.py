@@ -83,26 +83,27 @@ def show_file_command(filehash, as_json):
 @click.argument("filehash")
 def delete_file_command(filehash):
     """Delete a file: its URL answers 410 at once and its bytes go after the grace period."""
-    from . import files
     from .models import GoneReason
 
-    file = _find_or_fail(filehash)
-    if not files.mark_gone(file.id, GoneReason.DELETED):
-        raise click.ClickException(f"file {file.filehash} is already gone ({file.gone_reason or 'expired'})")
-    click.echo(f"file {file.filehash} deleted")
+    _make_gone(filehash, GoneReason.DELETED, "deleted")
 
 
 @files_cli.command("expire")
 @click.argument("filehash")
 def expire_file_command(filehash):
     """Expire a file now, as if its expiry had passed."""
-    from . import files
     from .models import GoneReason
 
+    _make_gone(filehash, GoneReason.EXPIRED, "expired")
+
+
+def _make_gone(filehash: str, reason: str, done: str) -> None:
+    from . import files
+
     file = _find_or_fail(filehash)
-    if not files.mark_gone(file.id, GoneReason.EXPIRED):
+    if not files.mark_gone(file.id, reason):
         raise click.ClickException(f"file {file.filehash} is already gone ({file.gone_reason or 'expired'})")
-    click.echo(f"file {file.filehash} expired")
+    click.echo(f"file {file.filehash} {done}")
 
 
 @files_cli.command("verify")
