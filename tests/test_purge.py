@@ -194,3 +194,16 @@ def test_a_purge_while_the_cache_is_down_is_carried_out_when_it_is_back(make_app
     assert record.status_code == 200
     assert record.get_json()["status"] == "done"
     assert operator.head(file["filehash"]).headers["X-Cache"] == "MISS"
+
+
+def test_a_purge_record_is_readable_from_every_process_of_the_embedded_default(make_app):
+    """`make run` is several gunicorn workers, each with its own in-process cache: the
+    record of a purge made through one must be there for GET /purge/<id> on another."""
+    one = FlaskOperator(make_app(), "cache:purge")
+    other = FlaskOperator(make_app(), "cache:purge")  # the same storage and database
+    assert one.app.config["CACHE_TYPE"] == other.app.config["CACHE_TYPE"] == "SimpleCache"
+    body = accepted(one.purge({"type": "all"}))
+    answer = other.status(body["purge_id"])
+    assert answer.status_code == 200, answer.get_data()
+    assert answer.get_json()["purge_id"] == body["purge_id"]
+    assert answer.get_json()["status"] == "done"

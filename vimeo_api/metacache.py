@@ -124,6 +124,10 @@ class _State:
         self.owed_generation = 0
         self.retrying = False
         self.shared_epoch_file: str | None = None
+        # With an in-process cache: where purge records go so every process reads them
+        # (made on first use: the factory touches no file).
+        self.shared_records_dir: str | None = None
+        self.shared_records = None
 
     @property
     def retry_after(self) -> float:
@@ -177,7 +181,7 @@ class _State:
         for key, record in records:
             # Written once the purge it records has been carried out, just above.
             done = {**record, "status": "done", "completed_at": _now_iso()}
-            _guarded(cache.set, key, done, timeout=int(self.app.config["PURGE_RECORD_TTL"]))
+            _guarded(lambda: _records().set(key, done, timeout=int(self.app.config["PURGE_RECORD_TTL"])))
         with self.lock:
             del self.pending_records[: len(records)]
             # A change owed while this ran may have been committed after its write: keep
@@ -210,6 +214,9 @@ def init_app(app: Flask) -> None:
     state = _State(app)
     if _process_local(app):
         state.shared_epoch_file = app.config.get("CACHE_SHARED_EPOCH_FILE") or _default_epoch_file(app)
+        # GET /purge/<id> may reach another worker than the POST did: records go to
+        # cachelib's FileSystemCache beside the epoch file, which every process reads.
+        state.shared_records_dir = state.shared_epoch_file + "-purges"
     app.extensions["vimeo_metacache"] = state
 
     @app.after_request
@@ -470,7 +477,7 @@ def save_purge(record: dict) -> bool:
     record is then written once it is back)."""
     key = PURGE + record["purge_id"]
     try:
-        _guarded(cache.set, key, record, timeout=int(current_app.config["PURGE_RECORD_TTL"]))
+        _guarded(lambda: _records().set(key, record, timeout=int(current_app.config["PURGE_RECORD_TTL"])))
         return True
     except CacheUnavailable:
         _state().owe(record=(key, record))
@@ -479,13 +486,28 @@ def save_purge(record: dict) -> bool:
 
 def load_purge(purge_id: str) -> dict | None:
     """A purge's record (raises CacheUnavailable when the cache is down)."""
-    record = _guarded(cache.get, PURGE + purge_id)
+    record = _guarded(lambda: _records().get(PURGE + purge_id))
     return record if isinstance(record, dict) else None
+
+
+def _records():
+    """Where purge records live: the cache, or with an in-process one a store on disk
+    (cachelib creates its directory: a failure there is the cache failing)."""
+    state = _state()
+    if state.shared_records_dir is None:
+        return cache
+    if state.shared_records is None:
+        from cachelib import FileSystemCache
+
+        state.shared_records = FileSystemCache(state.shared_records_dir, threshold=MAX_PURGE_RECORDS)
+    return state.shared_records
 
 
 # -- purging (operator API, SPEC 3.7) -------------------------------------------------------
 
 PURGE_TYPES = ("url", "prefix", "all")
+# Purge records an in-process deployment keeps on disk before the oldest are pruned.
+MAX_PURGE_RECORDS = 1000
 MAX_PURGE_ITEMS = 1000
 API_PATH = "/vimeo/api/v1.0"
 _HEX = frozenset("0123456789abcdef")
