@@ -123,7 +123,7 @@ def leftovers(url: str, storage: Path) -> dict:
 # -- the sweep, in a child process of its own (clean memory figures) --------------------
 
 def child(url: str, storage: str, batch_size: int, strategy: str, cache_url: str) -> None:
-    from vimeo_api import create_app, files, sweep
+    from vimeo_api import blobs, create_app, files, sweep
     from vimeo_api.extensions import db
     from vimeo_api.models import File, FileStatus, GoneReason
 
@@ -146,7 +146,7 @@ def child(url: str, storage: str, batch_size: int, strategy: str, cache_url: str
         return wrapper
 
     files.expire_due = timed("expire", files.expire_due)
-    files.release_due_blobs = timed("release", files.release_due_blobs)
+    blobs.release_due = timed("release", blobs.release_due)
     sweep.remove_orphans = timed("orphan_scan", sweep.remove_orphans)
     with app.app_context():
         db.session.execute(text("SELECT 1"))  # connect before measuring
@@ -196,8 +196,8 @@ def _per_file_sweep(batch_size, db, files, File, FileStatus, GoneReason) -> dict
         if not ids:
             break
         expired += sum(files.mark_gone(file_id, GoneReason.EXPIRED) for file_id in ids)
-    while shas := files.releasable_blobs(batch_size):
-        done = sum(files.release_blob(sha) for sha in shas)
+    while shas := blobs.releasable(batch_size):
+        done = sum(blobs.release(sha) for sha in shas)
         released += done
         if done == 0:
             break

@@ -32,7 +32,7 @@ def upload(client, content: bytes = b"hello world\n", filename: str = "hello.txt
 
 def operator_token(app, *scopes: str) -> str:
     """A bearer token with these scopes (all of them by default)."""
-    from vimeo_api.operators import SCOPES, create_token
+    from vimeo_api.operator_tokens import SCOPES, create_token
 
     with app.app_context():
         _token, secret = create_token("test", list(scopes or SCOPES))

@@ -10,7 +10,7 @@ from flask import request
 from sqlalchemy import text
 from werkzeug.exceptions import Forbidden, Gone, NotFound, Unauthorized
 
-from vimeo_api import access, files
+from vimeo_api import access, files, storage
 from vimeo_api.extensions import db
 from vimeo_api.files import Options
 
@@ -22,7 +22,7 @@ def ctx(app):
 
 
 def new_file(**options):
-    upload = files.storage().new_upload()
+    upload = storage.current().new_upload()
     upload.write(b"guarded")
     return files.create(upload, "f.txt", "text/plain", Options(**options))
 

@@ -11,7 +11,7 @@ from flask import g
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import BadRequest, MethodNotAllowed, RequestedRangeNotSatisfiable
 
-from vimeo_api import files
+from vimeo_api import files, storage
 from vimeo_api.errors import PHRASES, error_response
 
 # SPEC 3.4, exactly: the original clients match on these strings.
@@ -173,7 +173,7 @@ def test_missing_bytes_are_a_500_that_uses_no_download_and_hides_the_path(flask_
     )
     body = answer.get_json()
     with flask_app.app_context():
-        os.unlink(files.storage().blob_path(body["sha256"]))
+        os.unlink(storage.current().blob_path(body["sha256"]))
     response = client.get(f"/vimeo/api/v1.0/file/{body['filehash']}")
     assert_shape(response, 500)
     assert flask_app.config["STORAGE_DIR"] not in response.get_data(as_text=True)

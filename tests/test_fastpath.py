@@ -1,4 +1,4 @@
-"""The app's side of nginx's fast path (vimeo_api/fastpath.py): which files get a grant,
+"""The app's side of nginx's fast path (vimeo_api/grants.py, vimeo_api/fastpath.py): which files get a grant,
 what the grant subrequest answers, and that every change removes grants before it
 answers. tests/stack/test_fastpath.py runs the same through real nginx."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from vimeo_api import fastpath
+from vimeo_api import grants as grant_store
 from vimeo_api.extensions import db
 
 API = "/vimeo/api/v1.0"
@@ -62,11 +62,11 @@ def test_a_public_download_makes_a_grant_to_its_blob(app):
     assert answer.headers["X-File-Content-Type"].startswith("text/plain")
     assert "filename" in answer.headers["X-File-Content-Disposition"]
     until = int(answer.headers["X-Accel-Expires"].lstrip("@"))
-    assert 0 <= until - time.time() <= fastpath.MAX_AGE + 1
+    assert 0 <= until - time.time() <= grant_store.MAX_AGE + 1
 
 
 def test_a_grant_answer_ends_a_second_before_the_file_expires(app, monkeypatch):
-    monkeypatch.setattr(fastpath, "MAX_AGE", 3600)  # longer than the file lives
+    monkeypatch.setattr(grant_store, "MAX_AGE", 3600)  # longer than the file lives
     client = app.test_client()
     up = upload(client, max_downloads="0", expires_in="60")
     client.get(f"{API}/file/{up['filehash']}")
@@ -177,7 +177,7 @@ def test_a_grant_made_from_stale_metadata_is_removed_again(app):
 
             stale = metacache.lookup(up["filehash"], files.find)
             assert stale.password_hash is None  # the cache still says public
-            assert fastpath.ensure_file(stale) is None
+            assert grant_store.ensure_file(stale) is None
     assert grants(app) == []
 
 

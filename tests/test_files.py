@@ -14,9 +14,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import select, text
 
-from vimeo_api import files, security
+from vimeo_api import blobs, files, security, storage
 from vimeo_api.extensions import db
-from vimeo_api.files import Options, parse_expires_in, parse_max_downloads
+from vimeo_api.files import Options
+from vimeo_api.request_options import parse_expires_in, parse_max_downloads
 from vimeo_api.models import Blob, File
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -29,7 +30,7 @@ def ctx(app):
 
 
 def new_file(content: bytes = b"content", **options) -> tuple[File, str]:
-    upload = files.storage().new_upload()
+    upload = storage.current().new_upload()
     upload.write(content)
     return files.create(upload, "f.txt", "text/plain", Options(**options))
 
@@ -51,7 +52,7 @@ def fresh(file: File) -> File:
 
 
 def stored(sha256: str) -> bool:
-    return files.storage().exists(sha256)
+    return storage.current().exists(sha256)
 
 
 def utcnow() -> datetime:
@@ -72,8 +73,8 @@ def test_create_stores_bytes_then_row(ctx):
     assert file.password_hash != "pw" and security.password_matches("pw", file.password_hash)
     assert file.owner_token_hash == security.hash_token(token) != token
     assert blob(file.sha256).refcount == 1
-    assert os.stat(files.storage().blob_path(file.sha256)).st_mtime == file.modified_at.timestamp()
-    assert os.listdir(files.storage().tmp_dir) == []
+    assert os.stat(storage.current().blob_path(file.sha256)).st_mtime == file.modified_at.timestamp()
+    assert os.listdir(storage.current().tmp_dir) == []
 
 
 def test_create_defaults(ctx):
@@ -91,7 +92,7 @@ def test_same_content_is_stored_once_and_counted(ctx):
     second, _ = new_file(b"shared")
     assert first.sha256 == second.sha256
     assert blob(first.sha256).refcount == 2
-    assert list(files.storage().iter_blobs()) == [first.sha256]
+    assert list(storage.current().iter_blobs()) == [first.sha256]
 
 
 def test_find(ctx):
@@ -229,21 +230,21 @@ def test_expire_due_marks_expired_files_gone(ctx):
 def test_release_waits_for_the_grace_period(ctx):
     file, _ = new_file(b"graceful")
     files.mark_gone(file.id, "deleted")
-    assert files.release_blob(file.sha256) is False
+    assert blobs.release(file.sha256) is False
     assert stored(file.sha256) and blob(file.sha256) is not None
     db.session.execute(text("update blobs set release_after = :t where sha256 = :s"), {"t": datetime(2000, 1, 1), "s": file.sha256})
     db.session.commit()
-    assert files.release_blob(file.sha256) is True
+    assert blobs.release(file.sha256) is True
     assert not stored(file.sha256)
     assert blob(file.sha256) is None
-    assert files.release_blob(file.sha256) is False  # idempotent
+    assert blobs.release(file.sha256) is False  # idempotent
 
 
 def test_release_never_takes_content_in_use(ctx):
     file, _ = new_file(b"in use", max_downloads=0)
     db.session.execute(text("update blobs set release_after = :t where sha256 = :s"), {"t": datetime(2000, 1, 1), "s": file.sha256})
     db.session.commit()
-    assert files.release_blob(file.sha256) is False
+    assert blobs.release(file.sha256) is False
     assert stored(file.sha256)
 
 
@@ -261,7 +262,7 @@ def test_without_grace_bytes_go_with_the_last_user(no_grace):
     # One user left: the release task ran (eagerly) and kept the bytes.
     assert stored(first.sha256)
     assert blob(first.sha256).refcount == 1
-    assert files.release_blob(first.sha256) is False
+    assert blobs.release(first.sha256) is False
     assert files.consume_download(second.id, second.size, second.sha256) is True
     # The last user is gone: the bytes and the blob row went at once.
     assert not stored(first.sha256)
@@ -275,7 +276,7 @@ def test_reupload_during_grace_revives_the_blob(ctx):
     again, _ = new_file(b"again")
     revived = blob(again.sha256)
     assert (revived.refcount, revived.release_after) == (1, None)
-    assert files.release_blob(again.sha256) is False
+    assert blobs.release(again.sha256) is False
     assert stored(again.sha256)
 
 
@@ -284,7 +285,7 @@ def test_reupload_during_grace_revives_the_blob(ctx):
 def test_replace_content(ctx):
     file, _ = new_file(b"old", max_downloads=0)
     old_modified = file.modified_at
-    upload = files.storage().new_upload()
+    upload = storage.current().new_upload()
     upload.write(b"new content")
     replaced = files.replace_content(file, upload, "text/markdown")
     assert (replaced.sha256, replaced.size, replaced.content_type) == (sha(b"new content"), 11, "text/markdown")
@@ -296,7 +297,7 @@ def test_replace_content(ctx):
 
 def test_replace_with_the_same_content_keeps_one_reference(ctx):
     file, _ = new_file(b"same", max_downloads=0)
-    upload = files.storage().new_upload()
+    upload = storage.current().new_upload()
     upload.write(b"same")
     replaced = files.replace_content(file, upload, None)
     assert replaced.content_type == "text/plain"
@@ -307,7 +308,7 @@ def test_replace_with_the_same_content_keeps_one_reference(ctx):
 def test_replace_content_of_a_gone_file_is_none(ctx):
     file, _ = new_file(b"old")
     files.mark_gone(file.id, "deleted")
-    upload = files.storage().new_upload()
+    upload = storage.current().new_upload()
     upload.write(b"new")
     assert files.replace_content(file, upload, None) is None
     assert fresh(file).sha256 == sha(b"old")
@@ -338,7 +339,7 @@ def test_replace_takes_the_file_row_before_blob_rows(ctx):
     other = threading.Thread(target=sweep_like)
     other.start()
     assert held.wait(5)
-    upload = files.storage().new_upload()
+    upload = storage.current().new_upload()
     upload.write(b"popular")
     replaced = files.replace_content(file, upload, None)
     other.join()

@@ -1,4 +1,4 @@
-"""Tests for vimeo_api.http_semantics (RFC 9110 preconditions and ranges, RFC 6266/8187)."""
+"""Tests for vimeo_api.http_semantics (RFC 9110 preconditions and ranges)."""
 
 import email.parser
 import email.policy
@@ -9,13 +9,12 @@ import pytest
 from werkzeug.datastructures import Headers
 
 from vimeo_api.http_semantics import (
-    CACHE_CONTROL,
     MAX_RANGES,
     PROCEED,
+    Decision,
     RangeDecision,
     Representation,
-    cache_class,
-    content_disposition,
+    decide,
     evaluate_preconditions,
     evaluate_range,
     format_etag,
@@ -448,106 +447,7 @@ def test_new_boundary():
     multipart_byteranges([(0, 1)], 1, "text/plain", a)  # accepted as a boundary
 
 
-# ------------------------------------------------------------ Content-Disposition
-
-
-@pytest.mark.parametrize(
-    "filename, content_type, expected",
-    [
-        ("report.pdf", "application/pdf", "inline; filename=\"report.pdf\"; filename*=UTF-8''report.pdf"),
-        ("photo.png", "image/png", "inline; filename=\"photo.png\"; filename*=UTF-8''photo.png"),
-        ("my file.txt", "text/plain", "inline; filename=\"my file.txt\"; filename*=UTF-8''my%20file.txt"),
-        ('a"b\\c\r\nd.txt', "text/plain", "inline; filename=\"a_b_cd.txt\"; filename*=UTF-8''a%22b%5Ccd.txt"),
-        ("résumé.pdf", "application/pdf",
-         "inline; filename=\"resume.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"),
-        ("日本.txt", "text/plain", "inline; filename=\"__.txt\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC.txt"),
-        ("%41.txt", "text/plain", "inline; filename=\"_41.txt\"; filename*=UTF-8''%2541.txt"),
-        ("../a/b.txt", "text/plain", "inline; filename=\".._a_b.txt\"; filename*=UTF-8''..%2Fa%2Fb.txt"),
-        ("evil\u202etxt.exe", "text/plain", "inline; filename=\"eviltxt.exe\"; filename*=UTF-8''eviltxt.exe"),
-        ("\udcff.txt", "text/plain", "inline; filename=\"_.txt\"; filename*=UTF-8''%EF%BF%BD.txt"),
-        ("", "text/plain", "inline; filename=\"download\"; filename*=UTF-8''download"),
-        ("\r\n\x00", "text/plain", "inline; filename=\"download\"; filename*=UTF-8''download"),
-        ("page.html", "text/html; charset=utf-8",
-         "attachment; filename=\"page.html\"; filename*=UTF-8''page.html"),
-        ("logo.svg", "image/svg+xml", "attachment; filename=\"logo.svg\"; filename*=UTF-8''logo.svg"),
-    ],
-)
-def test_content_disposition(filename, content_type, expected):
-    assert content_disposition(filename, content_type) == expected
-
-
-@pytest.mark.parametrize(
-    "content_type",
-    [
-        "text/html", "TEXT/HTML", "text/html;charset=utf-8", "application/xhtml+xml", "image/svg+xml",
-        "IMAGE/SVG+XML", "text/xml", "application/xml", "application/atom+xml", "text/javascript",
-        "application/javascript", "application/ecmascript", "text/ecmascript",
-        "application/x-shockwave-flash", "text/xsl", "multipart/mixed", "multipart/x-mixed-replace",
-        "", "garbage", "text/",
-    ],
-)
-def test_active_types_are_attachments(content_type):
-    assert content_disposition("f", content_type).startswith("attachment; ")
-
-
-@pytest.mark.parametrize(
-    "content_type",
-    ["image/png", "image/jpeg", "video/mp4", "audio/mpeg", "text/plain", "application/pdf",
-     "application/octet-stream", "application/json"],
-)
-def test_passive_types_are_inline(content_type):
-    assert content_disposition("f", content_type).startswith("inline; ")
-
-
-def test_force_attachment():
-    assert content_disposition("photo.png", "image/png", force_attachment=True) == (
-        "attachment; filename=\"photo.png\"; filename*=UTF-8''photo.png"
-    )
-
-
-@pytest.mark.parametrize("char", [chr(c) for c in range(0x20, 0x7F)])
-def test_filename_star_uses_exactly_rfc8187_attr_char(char):
-    attr_char = string.ascii_letters + string.digits + "!#$&+-.^_`|~"
-    expected = char if char in attr_char else f"%{ord(char):02X}"
-    value = content_disposition(f"a{char}b", "text/plain")
-    assert value.endswith(f"; filename*=UTF-8''a{expected}b")
-
-
-def test_content_disposition_is_a_safe_header_value():
-    value = content_disposition('x"\r\n\x7f\u2028日\\;.html', "text/plain")
-    assert all(" " <= c <= "~" for c in value)
-    assert value.startswith('inline; filename="x___;.html"; ')
-
-
-# ------------------------------------------------------------ caching, validators
-
-
-@pytest.mark.parametrize(
-    "kwargs, expected",
-    [
-        (dict(max_downloads=0, has_password=False), "public"),
-        (dict(max_downloads=0, has_password=True), "password"),
-        (dict(max_downloads=1, has_password=False), "limited"),
-        (dict(max_downloads=5, has_password=True), "limited"),
-        (dict(max_downloads=5, has_password=True, published=True), "immutable"),
-        (dict(max_downloads=0, has_password=False, published=True), "immutable"),
-        (dict(max_downloads=5, has_password=True, published=True, token=True), "token"),
-        (dict(max_downloads=0, has_password=False, token=True), "token"),
-    ],
-)
-def test_cache_class(kwargs, expected):
-    assert cache_class(**kwargs) == expected
-    assert expected in CACHE_CONTROL
-
-
-def test_cache_control_values():
-    assert CACHE_CONTROL == {
-        "limited": "private, no-store",
-        "password": "private, no-cache",
-        "public": "public, max-age=60, s-maxage=3600",
-        "immutable": "public, max-age=31536000, immutable",
-        "token": "private, no-store, no-cache, must-revalidate",
-    }
+# ------------------------------------------------------------ validators
 
 
 def test_format_etag_round_trips_through_preconditions():
@@ -559,3 +459,32 @@ def test_format_http_date():
     assert format_http_date(datetime(1994, 11, 6, 8, 49, 37, tzinfo=UTC)) == "Sun, 06 Nov 1994 08:49:37 GMT"
     assert format_http_date(LM) == LM_HTTP
     assert evaluate_preconditions("GET", H(If_Modified_Since=format_http_date(LM)), REP) == 304
+
+
+# ------------------------------------------------------------ decide: the whole decision
+
+
+@pytest.mark.parametrize(
+    "method, headers, expected",
+    [
+        ("GET", {}, Decision(200)),
+        ("HEAD", {"Range": "bytes=0-9"}, Decision(200)),
+        ("GET", {"If-None-Match": '"abc"'}, Decision(304)),
+        ("GET", {"If-Match": '"other"', "Range": "bytes=0-9"}, Decision(412)),
+        ("GET", {"If-Unmodified-Since": BEFORE, "Range": "bytes=0-9"}, Decision(412)),
+        ("GET", {"Range": "bytes=0-9"}, Decision(206, ((0, 10),), "bytes 0-9/10000")),
+        ("GET", {"Range": "bytes=0-1,5-6"}, Decision(206, ((0, 2), (5, 7)), None)),
+        ("GET", {"Range": "bytes=20000-"}, Decision(416, (), "bytes */10000")),
+        # Preconditions come first (RFC 9110 §13.2.2): a 304 wins over an unsatisfiable Range.
+        ("GET", {"If-None-Match": '"abc"', "Range": "bytes=20000-"}, Decision(304)),
+    ],
+)
+def test_decide_runs_preconditions_then_range(method, headers, expected):
+    assert decide(method, headers, Representation("abc", LM, 10000)) == expected
+
+
+def test_decision_body_length():
+    assert Decision(200).body_length(10) == 10
+    assert Decision(206, ((0, 2), (5, 7))).body_length(10) == 4
+    assert Decision(304).body_length(10) == 0
+    assert Decision(206, ((0, 1),)).sends_content and not Decision(412).sends_content

@@ -21,7 +21,7 @@ class FlaskOperator:
     """The app in-process, with an operator token made by the domain layer."""
 
     def __init__(self, app, *scopes):
-        from vimeo_api.operators import create_token
+        from vimeo_api.operator_tokens import create_token
 
         self.app = app
         # An in-process cache drops every entry on any invalidation (metacache.py's shared

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from vimeo_api.storage import LocalStorage, UploadFile
+from vimeo_api.storage import BlobStat, LocalStorage, UploadFile
 
 SHA_EMPTY = hashlib.sha256(b"").hexdigest()
 
@@ -146,9 +146,21 @@ def test_blob_path_only_from_a_sha256(storage):
             storage.blob_path(bad)
 
 
-def test_relative_path_is_below_the_root(storage):
+def test_accel_path_names_the_blob_in_nginx_internal_locations(storage):
     sha = "ab" * 32
-    assert storage.relative_path(sha) == os.path.join("blobs", "ab", "ab", sha)
+    assert storage.accel_path(sha) == f"/_vimeo_blobs/ab/ab/{sha}"
+    assert storage.accel_path(sha, whole=True) == f"/_vimeo_whole/ab/ab/{sha}"
+    assert storage.nginx_file(sha) == os.path.join(storage.root, "blobs", "ab", "ab", sha)
+
+
+def test_open_a_range_and_stat(storage):
+    upload = written(storage, b"0123456789")
+    sha = upload.sha256
+    storage.place(upload, mtime=1_000_000_000)
+    with storage.open(sha, 3, 7) as blob:
+        assert blob.read(4) == b"3456"
+    assert storage.stat(sha) == BlobStat(10, 1_000_000_000)
+    assert storage.stat("cd" * 32) is None
 
 
 def test_open_and_delete(storage):
@@ -188,6 +200,6 @@ def test_remove_stale_uploads_without_a_tmp_dir(tmp_path):
     assert LocalStorage(str(tmp_path / "never-used")).remove_stale_uploads(0) == 0
 
 
-def test_is_writable_leaves_nothing(storage):
-    assert storage.is_writable() is True
+def test_check_leaves_nothing(storage):
+    storage.check()
     assert listing(storage.root) == []

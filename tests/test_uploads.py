@@ -11,7 +11,7 @@ from flask import request
 from werkzeug.exceptions import BadRequest, ClientDisconnected
 
 from vimeo_api.storage import UploadFile
-from vimeo_api.uploads import clean_filename, content_type_for, multipart_file, raw_body
+from vimeo_api.uploads import content_type_for, multipart_file, raw_body
 
 
 @pytest.fixture
@@ -93,49 +93,6 @@ def test_raw_body_empty(flask_app):
     with flask_app.test_request_context("/", method="PUT", data=b""):
         upload = raw_body(request)
         assert (upload.size, upload.sha256) == (0, hashlib.sha256(b"").hexdigest())
-
-
-# -- clean_filename --------------------------------------------------------------------
-
-@pytest.mark.parametrize(
-    "given, expected",
-    [
-        ("report.xls", "report.xls"),
-        ("../../etc/passwd", "passwd"),
-        ("/abs/path/file.txt", "file.txt"),
-        ("C:\\Users\\me\\doc.pdf", "doc.pdf"),
-        ("..", "file"),
-        (".", "file"),
-        ("", "file"),
-        (None, "file"),
-        ("dir/", "file"),
-        ("  spaced name.txt  ", "spaced name.txt"),
-        ("bad\r\nname\x00.txt", "badname.txt"),
-        ("tab\there.txt", "tabhere.txt"),
-        ("evil\u202etxt.exe", "eviltxt.exe"),  # bidi override (a format character) dropped
-        ("résumé.pdf", "résumé.pdf"),
-        ("日本語.txt", "日本語.txt"),
-    ],
-)
-def test_clean_filename(given, expected):
-    assert clean_filename(given) == expected
-
-
-def test_clean_filename_caps_the_length_keeping_the_extension():
-    name = clean_filename("a" * 400 + ".tar.gz")
-    assert len(name) == 255
-    assert name == "a" * 252 + ".gz"
-
-
-def test_clean_filename_caps_a_huge_extension():
-    name = clean_filename("x." + "e" * 300)
-    assert len(name) <= 255
-    assert name.startswith("x")
-
-
-def test_clean_filename_leaves_255_alone():
-    name = "b" * 251 + ".txt"
-    assert clean_filename(name) == name
 
 
 # -- content_type_for ------------------------------------------------------------------

@@ -13,12 +13,11 @@ import uuid
 from flask import Flask, g, request
 from sqlalchemy import event
 
-from . import config, limits, logs, metacache, observability
+from . import config, delivery, grants, limits, logs, metacache, observability, queue, storage
+from .celery_app import celery_init_app
 from .errors import register_error_handlers
 from .extensions import cache, db
-from .storage import LocalStorage
 from .uploads import UploadRequest
-from .worker import celery_init_app
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -47,9 +46,13 @@ def register_extensions(app: Flask, *, migrations: bool = True) -> None:
 
         Migrate(app, db, directory=MIGRATIONS)
     cache.init_app(app)
+    storage.init_app(app)
+    delivery.init_app(app)
+    # The domain's listeners: the metadata cache, nginx's grants and the task queue.
     metacache.init_app(app)
+    grants.init_app(app)
+    queue.init_app(app)
     limits.init_app(app)
-    app.extensions["vimeo_storage"] = LocalStorage(app.config["STORAGE_DIR"])
     celery_init_app(app)
     observability.init_app(app)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
@@ -58,10 +61,10 @@ def register_extensions(app: Flask, *, migrations: bool = True) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import api, content, fastpath, health, openapi, operators
+    from . import api, fastpath, health, links, openapi, operators
 
     app.register_blueprint(api.bp)
-    app.register_blueprint(content.bp)
+    app.register_blueprint(links.bp)
     app.register_blueprint(operators.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)

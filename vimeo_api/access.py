@@ -1,18 +1,76 @@
 """Whether a request may have a file: existence, availability, password, ownership.
 
-Checks run in the contract's order: unknown → 404, gone → 410, password → 401.
+Checks run in the contract's order: unknown → 404, gone → 410, password → 401. For the
+three download URLs (``/file``, ``/v``, ``/t``) the answer is an ``Offer``: what the
+request may have, under which cache class, and whether sending it uses a download; the
+download pipeline (``downloads``) takes it from there.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from flask import Request, current_app
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Forbidden, Gone, NotFound, Unauthorized
 
-from . import files, limits, metacache, security, signing
+from . import files, limits, metacache, operator_tokens, password_cache, security, signing, versions
 from .models import File, utcnow
+from .representation import CacheClass, cache_class, file_cache_class
 
 REALM = "vimeo_api"
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What a download request may have.
+
+    ``resource`` has the content's descriptive attributes (a file's metadata, or a
+    published version); ``file`` is the file it belongs to; ``consume``: a GET that sends
+    bytes uses one of the file's downloads; ``fresh``: the checks read the database itself,
+    not possibly stale cached metadata.
+    """
+
+    resource: object
+    file: object
+    klass: CacheClass
+    consume: bool
+    fresh: bool
+
+
+def file_offer(filehash: str, request: Request, *, fresh: bool = False) -> Offer:
+    """``/file/<filehash>``: 404 → 410 → 401, then the file under its own class."""
+    file = downloadable(filehash, request, fresh=fresh)
+    return Offer(file, file, file_cache_class(file), consume=True, fresh=fresh)
+
+
+def version_offer(version_id: str) -> Offer:
+    """``/v/<version_id>``: a published version, immutable, no password, no download."""
+    found = versions.find(version_id) if _looks_like_filehash(version_id) else None
+    if found is None:
+        raise NotFound()
+    version, file = found
+    if not versions.is_available(version, file, utcnow()):
+        raise Gone()
+    return Offer(version, file, CacheClass.IMMUTABLE, consume=False, fresh=True)
+
+
+def token_offer(token: str, *, fresh: bool = False) -> Offer:
+    """``/t/<token>``: tampered → 401, expired → 403, file gone (or unknown) → 410. The
+    token stands for the password; sending uses a download like any other."""
+    try:
+        filehash = signing.verify(token)
+    except signing.TokenInvalid:
+        raise Unauthorized(
+            "This token is not valid.", www_authenticate=WWWAuthenticate("token", {"realm": REALM})
+        ) from None
+    except signing.TokenExpired:
+        raise Forbidden("This token has expired.") from None
+    file = metacache.lookup(filehash, files.find, fresh=fresh) if _looks_like_filehash(filehash) else None
+    if file is None or not file.is_available(utcnow()):
+        raise Gone()
+    klass = cache_class(max_downloads=file.max_downloads, has_password=False, token=True)
+    return Offer(file, file, klass, consume=True, fresh=fresh)
 
 
 def supplied_password(request: Request) -> str | None:
@@ -59,11 +117,11 @@ def _password_ok(file, password: str | None) -> bool:
     if not ttl:
         return security.password_matches(password, file.password_hash)
     key = security.verification_key(signing.derived_secret("password-cache"), file.filehash, file.password_hash, password)
-    if metacache.password_verified(key):
+    if password_cache.verified(key):
         return True
     if not security.password_matches(password, file.password_hash):
         return False
-    metacache.remember_password(key, ttl)
+    password_cache.remember(key, ttl)
     return True
 
 
@@ -125,10 +183,8 @@ def owner_or_password(filehash: str, request: Request) -> File:
 def deletable(filehash: str, request: Request) -> File:
     """DELETE: an operator bearer token with ``files:write`` may remove any file;
     anyone else needs the file's owner token (``owned``)."""
-    from .operators import bearer_token
-
     if request.headers.get("Authorization", "").lower().startswith("bearer "):
-        token = bearer_token(request)
+        token = operator_tokens.from_request(request)
         if token is None:
             raise Unauthorized(
                 "This operator token is not valid.", www_authenticate=WWWAuthenticate("bearer", {"realm": REALM})

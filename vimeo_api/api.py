@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 from werkzeug.exceptions import BadRequest, Gone, PreconditionFailed
 
-from . import access, delivery, fastpath, files, metacache, versions
-from .http_semantics import cache_class, evaluate_preconditions, format_etag
-from .models import File, GoneReason, utcnow
-from .uploads import clean_filename, content_type_for, multipart_file, raw_body
+from . import access, downloads, files, request_options, versions
+from .http_semantics import evaluate_preconditions, format_etag
+from .models import File, GoneReason
+from .representation import clean_filename, representation_of
+from .uploads import content_type_for, multipart_file, raw_body
+from .urls import API_PREFIX, file_url
 
-PREFIX = "/vimeo/api/v1.0"
-bp = Blueprint("api", __name__, url_prefix=PREFIX)
+bp = Blueprint("api", __name__, url_prefix=API_PREFIX)
 
 
 # -- upload -------------------------------------------------------------------------
@@ -19,7 +20,7 @@ bp = Blueprint("api", __name__, url_prefix=PREFIX)
 @bp.put("/file")
 def upload_multipart():
     """Multipart upload, the original contract: ``curl -F file=@x -X PUT .../file``."""
-    options = _options(request.form)
+    options = request_options.parse(request.form)
     upload, filename, declared = multipart_file(request)
     filename = clean_filename(filename)
     file, token = files.create(upload, filename, content_type_for(declared, filename), options)
@@ -32,7 +33,7 @@ def upload_multipart():
 @bp.put("/upload/<filename>")
 def upload_raw(filename):
     """Raw body upload: ``curl -T x .../upload/`` (curl appends the file's name)."""
-    options = _options(_header_options(request.headers))
+    options = request_options.parse(request_options.from_headers(request.headers))
     filename = clean_filename(filename or "upload")
     upload = raw_body(request)
     file, token = files.create(upload, filename, content_type_for(request.mimetype, filename), options)
@@ -43,41 +44,8 @@ def upload_raw(filename):
 
 @bp.route("/file/<filehash>", methods=["GET", "HEAD"])
 def download(filehash):
-    """Access check (404 → 410 → 401), then preconditions, range and the bytes.
-
-    The checks may be answered from the metadata cache; sending bytes is decided by the
-    database alone (``files.consume_download``). When it refuses what a cached entry
-    allowed, the entry is dropped, and unless the file is really gone (410) the request
-    runs once more on fresh metadata: its content changed meanwhile.
-    """
-    stale: list[bool] = []
-    try:
-        return _download(filehash, fresh=False, stale=stale)
-    except Gone:
-        if not stale:
-            raise
-    return _download(filehash, fresh=True, stale=[])
-
-
-def _download(filehash: str, *, fresh: bool, stale: list):
-    file = access.downloadable(filehash, request, fresh=fresh)
-    klass = cache_class(max_downloads=file.max_downloads, has_password=file.password_hash is not None)
-
-    def consume(nbytes: int) -> bool:
-        if files.consume_download(file.id, nbytes, file.sha256):
-            return True
-        metacache.invalidate(file.filehash)
-        if not fresh:
-            current = files.find(file.filehash)
-            if current is not None and current.is_available(utcnow()):
-                stale.append(True)
-        return False
-
-    response = delivery.respond(file, klass, consume=consume)
-    if klass == "public":
-        # From now on nginx may answer this file's plain downloads itself (fastpath.py).
-        fastpath.ensure_file(file)
-    return response
+    """404 → 410 → 401, then preconditions, range and the bytes (``downloads``)."""
+    return downloads.serve(lambda fresh: access.file_offer(filehash, request, fresh=fresh))
 
 
 # -- manage -------------------------------------------------------------------------
@@ -96,7 +64,7 @@ def delete_file(filehash):
 def replace_file(filehash):
     """New content for the same URL; If-Match / If-Unmodified-Since guard against races."""
     file = access.owned(filehash, request)
-    if evaluate_preconditions("PUT", request.headers, delivery.representation(file)) is not None:
+    if evaluate_preconditions("PUT", request.headers, representation_of(file)) is not None:
         raise PreconditionFailed("The file changed since the version your preconditions name.")
     if request.mimetype == "multipart/form-data":
         upload, name, declared = multipart_file(request)
@@ -122,45 +90,15 @@ def update_file(filehash):
         raise BadRequest("password must be a string, or null to remove it.")
     if changes.get("expires_in", 0) is None:
         changes["expires_in"] = "never"
-    file = files.update_options(file, _options(changes, patch=True))
+    file = files.update_options(file, request_options.parse(changes, patch=True))
     return jsonify(status="File Updated", **_describe(file))
 
 
 # -- shaping ------------------------------------------------------------------------
 
-def _options(source, patch: bool = False) -> files.Options:
-    """Validate upload options from form fields, headers or JSON (400 on bad input)."""
-    options = files.Options()
-    try:
-        if source.get("max_downloads") not in (None, ""):
-            options.max_downloads = files.parse_max_downloads(source["max_downloads"])
-        if source.get("expires_in") not in (None, ""):
-            options.expires_at = files.parse_expires_in(source["expires_in"], utcnow())
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
-    if "password" in source:
-        password = source["password"]
-        if patch and password is None:
-            options.password = None
-        elif password:
-            if len(password) > 1024:
-                raise BadRequest("password is longer than 1024 characters.")
-            options.password = password
-    return options
-
-
-def _header_options(headers) -> dict:
-    mapping = {"X-Password": "password", "X-Max-Downloads": "max_downloads", "X-Expires-In": "expires_in"}
-    return {key: headers[name] for name, key in mapping.items() if name in headers}
-
-
-def file_url(file: File) -> str:
-    return f"{current_app.config['PUBLIC_URL']}{PREFIX}/file/{file.filehash}"
-
-
 def _describe(file: File) -> dict:
     return {
-        "url": file_url(file),
+        "url": file_url(file.filehash),
         "filehash": file.filehash,
         "filename": file.filename,
         "size": file.size,

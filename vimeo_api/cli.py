@@ -64,14 +64,14 @@ def list_files_command(status, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def show_file_command(filehash, as_json):
     """Show one file: options, counters, state, and whether its bytes are on disk."""
-    from . import files, inventory
+    from . import inventory, storage
     from .models import utcnow
 
     file = _find_or_fail(filehash)
     row = inventory.describe_file(file, utcnow())
     row["versions"] = inventory.published_versions(file)
     row["bytes_served"] = file.bytes_served
-    row["stored"] = files.storage().exists(file.sha256)
+    row["stored"] = storage.current().exists(file.sha256)
     if as_json:
         _echo_json(row)
     else:
@@ -117,9 +117,10 @@ def verify_files_command(repair, as_json):
     its published versions are retired, and corrupt bytes are removed so that a later
     upload of the true content stores it afresh.
     """
-    from . import files, inventory
+    from . import inventory
+    from .storage import current
 
-    storage = files.storage()
+    storage = current()
     total = inventory.count_available()
     if as_json:
         problems = inventory.verify_available(storage)
@@ -150,7 +151,7 @@ def verify_files_command(repair, as_json):
 def _repair(problems) -> list[str]:
     """Mark the files gone and retire their versions; remove corrupt bytes. Returns the
     filehashes that this run made gone."""
-    from . import files, versions
+    from . import files, storage, versions
     from .models import GoneReason
 
     repaired = []
@@ -163,11 +164,11 @@ def _repair(problems) -> list[str]:
             versions.retire_for_files([file.id])
         if p.problem == "corrupt":
             corrupt.add(p.sha256)
-    storage = files.storage()
+    store = storage.current()
     for sha256 in corrupt:
         # Left in place, the bad bytes would be kept by the next upload of the true
         # content (placing skips a hash that is already stored).
-        storage.delete(sha256)
+        store.delete(sha256)
     return repaired
 
 
@@ -210,7 +211,7 @@ tokens_cli = AppGroup("tokens", help="Operator bearer tokens with scopes.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def create_token_command(name, scopes, as_json):
     """Create a token; its secret is printed once and stored only as a hash."""
-    from .operators import create_token
+    from .operator_tokens import create_token
 
     token, secret = create_token(name, list(scopes))
     if as_json:
@@ -286,16 +287,10 @@ def clear_cache_command():
     global epoch is renewed: that is what reaches the in-process caches of the embedded
     default's workers, which this process cannot empty.
     """
-    from . import fastpath, metacache
-    from .extensions import cache
+    from . import purge
 
-    fastpath.revoke_all()
     try:
-        cleared = cache.clear()
-    except Exception as exc:  # Redis down or refusing: say so in one line
-        raise click.ClickException(f"could not clear the cache: {exc.__class__.__name__}: {exc}") from None
-    if cleared is False:
-        raise click.ClickException("the cache backend did not clear")
-    if not metacache.invalidate_all():
-        raise click.ClickException("the cache was cleared but its epochs could not be renewed; run it again")
-    click.echo(f"cache cleared ({type(cache.cache).__name__})")
+        backend = purge.clear_everything()
+    except purge.ClearFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"cache cleared ({backend})")

@@ -40,7 +40,7 @@ DEFAULTS: dict[str, object] = {
     # renamed into place instead of copied (the stack; see vimeo_api/offload.py).
     "UPLOAD_OFFLOAD": False,
     # nginx answers hot downloads of public files and published versions itself, from
-    # grants the app makes (vimeo_api/fastpath.py, nginx.conf's fast path). None: on
+    # grants the app makes (vimeo_api/grants.py, nginx.conf's fast path). None: on
     # whenever nginx sends the bytes (DELIVERY "accel").
     "FAST_PATH": None,
     # nginx's log of the downloads it answered on the fast path (nginx.conf's

@@ -1,4 +1,4 @@
-"""Counting the downloads nginx answered on the fast path (fastpath.py), which the app
+"""Counting the downloads nginx answered on the fast path (grants.py), which the app
 never saw: nginx writes one line per such download to ``FAST_PATH_LOG`` (nginx.conf's
 ``vimeo_count`` log: the grant and the body bytes sent), and each sweep adds them to
 the files' ``downloads`` and ``bytes_served``.

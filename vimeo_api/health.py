@@ -16,7 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
 
-from . import files
+from . import storage
 from .errors import error_response
 from .extensions import db
 
@@ -155,5 +155,5 @@ def check_broker() -> None:
 
 def check_storage() -> None:
     """Write, fsync and remove a probe file where uploads stream to."""
-    files.storage().is_writable()
+    storage.current().check()
 

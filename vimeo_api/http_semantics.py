@@ -1,4 +1,5 @@
-"""HTTP semantics for downloads: preconditions, ranges and response headers.
+"""HTTP semantics (RFC 9110) for downloads: preconditions, ranges, multipart byteranges,
+validators. Product policy (cache classes, Content-Disposition) is ``representation``'s.
 
 Everything here is a pure function of request header values and file metadata,
 so the rules can be tested without a Flask app. ``headers`` is any object with
@@ -18,17 +19,15 @@ from __future__ import annotations
 
 import re
 import secrets
-import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from urllib.parse import quote
 
 from werkzeug.http import http_date, parse_date, quote_etag
 
 __all__ = [
-    "CACHE_CONTROL", "MAX_RANGES", "PROCEED", "RangeDecision", "Representation",
-    "cache_class", "content_disposition", "evaluate_preconditions", "evaluate_range",
-    "format_etag", "format_http_date", "multipart_byteranges", "new_boundary",
+    "MAX_RANGES", "PROCEED", "Decision", "RangeDecision", "Representation", "decide",
+    "evaluate_preconditions", "evaluate_range", "format_etag", "format_http_date",
+    "multipart_byteranges", "new_boundary",
 ]
 
 PROCEED = None  # evaluate_preconditions() result when no precondition fires
@@ -36,15 +35,6 @@ PROCEED = None  # evaluate_preconditions() result when no precondition fires
 # RFC 9110 §14.2: a server MAY ignore a Range with many ranges. Past this many
 # ranges (after coalescing) we serve the full representation instead.
 MAX_RANGES = 16
-
-CACHE_CONTROL = {
-    "limited": "private, no-store",
-    "password": "private, no-cache",
-    "public": "public, max-age=60, s-maxage=3600",
-    "immutable": "public, max-age=31536000, immutable",
-    "token": "private, no-store, no-cache, must-revalidate",
-}
-
 
 @dataclass(frozen=True)
 class Representation:
@@ -282,6 +272,37 @@ def evaluate_range(method: str, headers, rep: Representation) -> RangeDecision:
     return RangeDecision(206, tuple(merged), None)
 
 
+# ---------------------------------------------------------------- the whole decision
+
+@dataclass(frozen=True)
+class Decision:
+    """What to answer a GET or HEAD whose access is settled: 304, 412, 416, or the
+    content (200, or 206 with ``ranges``)."""
+
+    status: int
+    ranges: tuple[tuple[int, int], ...] = ()
+    content_range: str | None = None
+
+    @property
+    def sends_content(self) -> bool:
+        return self.status in (200, 206)
+
+    def body_length(self, size: int) -> int:
+        """Bytes of content the answer carries (what a download counts as served)."""
+        if self.status == 206:
+            return sum(stop - start for start, stop in self.ranges)
+        return size if self.status == 200 else 0
+
+
+def decide(method: str, headers, rep: Representation) -> Decision:
+    """Preconditions (RFC 9110 §13.2.2), then Range (§14), in one step."""
+    verdict = evaluate_preconditions(method, headers, rep)
+    if verdict is not None:
+        return Decision(verdict)
+    ranged = evaluate_range(method, headers, rep)
+    return Decision(ranged.status, ranged.ranges, ranged.content_range)
+
+
 # ---------------------------------------------------------------- multipart
 
 # RFC 2046 §5.1.1 bchars: 1-70 characters, not ending in a space.
@@ -325,89 +346,7 @@ def multipart_byteranges(ranges, size: int, content_type: str, boundary: str
     return parts, closing, length
 
 
-# ---------------------------------------------------------------- headers
-
-# Types a browser renders or runs actively on our origin when shown inline.
-_ACTIVE_TYPES = frozenset({
-    "text/html", "application/xhtml+xml", "image/svg+xml", "text/xml",
-    "application/xml", "application/xml-dtd", "text/xml-external-parsed-entity",
-    "text/xsl", "text/javascript", "application/javascript", "application/x-javascript",
-    "text/x-javascript", "text/jscript", "text/livescript", "application/ecmascript",
-    "application/x-ecmascript", "text/ecmascript", "text/x-ecmascript",
-    "application/x-shockwave-flash", "application/futuresplash", "text/x-component",
-    "application/hta",
-})
-
-
-def _is_active(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip(" \t").lower()
-    kind, sep, subtype = media.partition("/")
-    if not (sep and kind and subtype):
-        return True  # unknown type: a browser may sniff it as HTML
-    return (media in _ACTIVE_TYPES or kind == "multipart"
-            or subtype.endswith(("+xml", "+html")))
-
-
-def _clean_filename(filename: str) -> str:
-    # Drop control, format (e.g. U+202E bidi override, used to fake extensions)
-    # and line/paragraph separators; lone surrogates cannot be UTF-8 encoded.
-    out = []
-    for ch in filename:
-        category = unicodedata.category(ch)
-        if category == "Cs":
-            out.append("\ufffd")
-        elif category not in ("Cc", "Cf", "Zl", "Zp"):
-            out.append(ch)
-    return "".join(out).strip() or "download"
-
-
-def _ascii_fallback(name: str) -> str:
-    # NFKD + dropping combining marks transliterates "résumé" to "resume";
-    # other non-ASCII becomes "_". '"' and '\' would break the quoted-string,
-    # '/' is a path separator and '%' is mis-decoded by some agents (RFC 6266
-    # Appendix D), so they become "_" too.
-    out = []
-    for ch in unicodedata.normalize("NFKD", name):
-        if unicodedata.combining(ch):
-            continue
-        out.append("_" if ch in '"\\/%' or not " " <= ch <= "~" else ch)
-    return "".join(out).strip(" ") or "download"
-
-
-def content_disposition(filename: str, content_type: str, *, force_attachment: bool = False) -> str:
-    """Content-Disposition value (RFC 6266) with both filename parameters.
-
-    ``inline`` unless force_attachment or the type is one a browser would
-    render or run actively (HTML, XML, SVG, scripts, Flash, multipart, unknown),
-    which would let an uploaded file script our origin. ``filename`` carries a
-    sanitised ASCII fallback; ``filename*`` the UTF-8 name (RFC 8187).
-    """
-    name = _clean_filename(filename)
-    disposition = "attachment" if force_attachment or _is_active(content_type) else "inline"
-    # RFC 8187 §3.2.1 attr-char: ALPHA DIGIT !#$&+-.^_`|~ stay; quote() always
-    # keeps ALPHA DIGIT _.-~, so only the rest is listed as safe.
-    encoded = quote(name.encode("utf-8"), safe="!#$&+^`|")
-    return f"{disposition}; filename=\"{_ascii_fallback(name)}\"; filename*=UTF-8''{encoded}"
-
-
-def cache_class(*, max_downloads: int, has_password: bool, published: bool = False,
-                token: bool = False) -> str:
-    """The CACHE_CONTROL key for a file, most restrictive reason first.
-
-    token -> "token"; published -> "immutable"; max_downloads >= 1 -> "limited"
-    (a shared cache would serve downloads we must count); has_password ->
-    "password"; else "public".
-    """
-    if token:
-        return "token"
-    if published:
-        return "immutable"
-    if max_downloads >= 1:
-        return "limited"
-    if has_password:
-        return "password"
-    return "public"
-
+# ---------------------------------------------------------------- validators
 
 def format_etag(opaque: str) -> str:
     """The ETag field value for a strong opaque-tag: ``"<opaque>"``."""

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from .extensions import db
 from .models import Blob, File, FileStatus, Version, VersionStatus, utcnow
-from .storage import CHUNK, LocalStorage
+from .storage import CHUNK, Storage
 
 
 def available_clause(now):
@@ -123,7 +123,7 @@ def count_available() -> int:
     return db.session.execute(select(func.count(File.id)).where(available_clause(utcnow()))).scalar_one()
 
 
-def verify_available(storage: LocalStorage, progress: Callable[[int], None] = lambda n: None) -> list[Problem]:
+def verify_available(storage: Storage, progress: Callable[[int], None] = lambda n: None) -> list[Problem]:
     """Re-hash the bytes behind every available file against its recorded SHA-256 and
     size; returns the files whose bytes are missing, corrupt or unreadable.
 
@@ -159,7 +159,7 @@ def verify_available(storage: LocalStorage, progress: Callable[[int], None] = la
         after = (rows[-1].sha256, rows[-1].id)
 
 
-def _check_group(storage: LocalStorage, rows: list) -> list[Problem]:
+def _check_group(storage: Storage, rows: list) -> list[Problem]:
     """Hash one blob once and judge each file using it (their recorded sizes may differ
     only if the database itself is inconsistent)."""
     sha256 = rows[0].sha256
@@ -177,19 +177,17 @@ def _check_group(storage: LocalStorage, rows: list) -> list[Problem]:
     return problems
 
 
-def hash_blob(storage: LocalStorage, sha256: str) -> tuple[str, int] | Problem:
+def hash_blob(storage: Storage, sha256: str) -> tuple[str, int] | Problem:
     """(sha256, size) of a blob's bytes, read in chunks; a Problem when they cannot be read."""
-    try:
-        path = storage.blob_path(sha256)
-    except ValueError:
-        return Problem("", sha256, "corrupt", "the recorded sha256 is not a hex digest")
     digest = hashlib.sha256()
     size = 0
     try:
-        with open(path, "rb") as blob:
+        with storage.open(sha256) as blob:
             while chunk := blob.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
+    except ValueError:
+        return Problem("", sha256, "corrupt", "the recorded sha256 is not a hex digest")
     except FileNotFoundError:
         return Problem("", sha256, "missing", "no stored bytes for this content")
     except OSError as exc:

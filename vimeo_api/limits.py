@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import threading
 import time
 
 from flask import Flask, current_app, request
@@ -42,6 +41,8 @@ from limits.storage import MemoryStorage
 from limits.strategies import STRATEGIES
 from werkzeug.exceptions import TooManyRequests
 from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .breaker import Breaker
 
 log = logging.getLogger(__name__)
 
@@ -116,26 +117,18 @@ class _PasswordBudget:
         self.app = app
         self.prefix = app.config.get("RATELIMIT_KEY_PREFIX") or ""
         self.fallback = STRATEGIES[app.config.get("RATELIMIT_STRATEGY") or "moving-window"](MemoryStorage())
-        self.down_until = 0.0
-        self.lock = threading.Lock()
+        self.breaker = Breaker("rate limit storage", lambda: float(app.config["CACHE_RETRY_AFTER"]), log)
 
     def keys(self, filehash: str) -> tuple[str, ...]:
         return tuple(k for k in (self.prefix, "password", filehash, client_address()) if k)
 
     def call(self, method: str, item: RateLimitItem, keys):
         """Ask the storage; on failure count in this process for a while (and say so once)."""
-        if time.monotonic() >= self.down_until:
+        if self.breaker.usable():
             try:
                 return getattr(self.limiter.limiter, method)(item, *keys)
             except Exception as exc:  # Redis down or hung: never a 500 for this
-                with self.lock:
-                    first = time.monotonic() >= self.down_until
-                    self.down_until = time.monotonic() + float(self.app.config["CACHE_RETRY_AFTER"])
-                if first:
-                    log.warning(
-                        "rate limit storage unavailable (%s): counting wrong passwords in-process",
-                        exc.__class__.__name__,
-                    )
+                self.breaker.trip(exc, "counting wrong passwords in-process")
         return getattr(self.fallback, method)(item, *keys)
 
 

@@ -6,18 +6,19 @@ Three rules keep it from ever being wrong in a way that matters:
 
 1. It never decides a download. A GET that sends bytes is decided by
    ``files.consume_download``, whose atomic UPDATE re-checks state, expiry, downloads
-   left and the content hash; the view drops the entry when that UPDATE says no.
+   left and the content hash; the download pipeline (``downloads``) reads the database
+   afresh when that UPDATE says no.
 2. Invalidation cannot lose a race with a fill, thanks to epochs. Each filehash has an
    epoch key holding a random token, and there is a global one (purge all) and one for
    cached 404s (purge by prefix). A fill reads the epochs *before* it reads the
    database and stores them with the data; a read uses an entry only when the epochs it
-   carries are the current ones. ``invalidate`` runs after the commit of a change and
-   writes a new token, so a fill that read the old row carries the old token and is
+   carries are the current ones. ``invalidate`` runs after the commit of a change (this
+   module listens to the domain's ``events.files_changed``) and writes a new token, so a fill that read the old row carries the old token and is
    never used. Tokens are random rather than counters so that a value can never come
    back (a counter that was evicted or cleared would restart at 1), and a missing epoch
    matches nothing, so eviction or ``manage.py cache clear`` only ever cause misses.
 3. A cache that fails is skipped. Every call is guarded: an error is a miss, a circuit
-   breaker leaves the cache alone for ``CACHE_RETRY_AFTER`` seconds (one slow request per
+   breaker (``breaker``) leaves the cache alone for ``CACHE_RETRY_AFTER`` seconds (one slow request per
    period, not every request), and a warning is logged once per period. Invalidations
    that could not be written are remembered by the process and written before it reads
    the cache again (and by a retry thread), so entries that went stale during an outage
@@ -46,14 +47,12 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from urllib.parse import urlsplit
-
 from flask import Flask, current_app, g, has_request_context
-from sqlalchemy import select
 
-from . import observability
-from .extensions import cache, db
-from .models import File, Version, utcnow
+from . import events, observability
+from .breaker import Breaker
+from .extensions import cache
+from .models import File, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,8 @@ EPOCH = "epoch:"
 GLOBAL_EPOCH = "epoch:*global*"
 NOT_FOUND_EPOCH = "epoch:*404*"
 PURGE = "purge:"
-VERIFIED = "pwok:"
+# Purge records an in-process deployment keeps on disk before the oldest are pruned.
+MAX_PURGE_RECORDS = 1000
 # Invalidations remembered during an outage, per process; past this many the process
 # purges everything instead once the cache is back.
 MAX_PENDING = 10_000
@@ -116,7 +116,7 @@ class _State:
     def __init__(self, app: Flask):
         self.app = app
         self.lock = threading.Lock()
-        self.down_until = 0.0
+        self.breaker = Breaker("cache", lambda: float(app.config["CACHE_RETRY_AFTER"]), log)
         self.pending: set[str] = set()
         self.pending_all = False
         self.pending_records: list[tuple[str, dict]] = []
@@ -134,18 +134,10 @@ class _State:
         return float(self.app.config["CACHE_RETRY_AFTER"])
 
     def usable(self) -> bool:
-        return time.monotonic() >= self.down_until
+        return self.breaker.usable()
 
     def trip(self, exc: BaseException) -> None:
-        """Open the breaker; warn once per period, not once per request."""
-        with self.lock:
-            first = self.usable()
-            self.down_until = time.monotonic() + self.retry_after
-        if first:
-            log.warning(
-                "cache unavailable (%s: %s): answering uncached for %gs",
-                exc.__class__.__name__, str(exc)[:200], self.retry_after,
-            )
+        self.breaker.trip(exc, "answering uncached")
 
     def owe(self, filehashes: Iterable[str] = (), everything: bool = False, record=None) -> None:
         """Remember invalidations the cache did not get; a thread retries them."""
@@ -181,7 +173,7 @@ class _State:
         for key, record in records:
             # Written once the purge it records has been carried out, just above.
             done = {**record, "status": "done", "completed_at": _now_iso()}
-            _guarded(lambda: _records().set(key, done, timeout=int(self.app.config["PURGE_RECORD_TTL"])))
+            guarded(lambda: _records().set(key, done, timeout=int(self.app.config["PURGE_RECORD_TTL"])))
         with self.lock:
             del self.pending_records[: len(records)]
             # A change owed while this ran may have been committed after its write: keep
@@ -210,7 +202,8 @@ class _State:
 
 
 def init_app(app: Flask) -> None:
-    """Per-app cache state, and ``X-Cache`` on answers that went through the cache."""
+    """Per-app cache state, ``X-Cache`` on answers that went through the cache, and the
+    invalidation of changed files (after their writer's commit)."""
     state = _State(app)
     if _process_local(app):
         state.shared_epoch_file = app.config.get("CACHE_SHARED_EPOCH_FILE") or _default_epoch_file(app)
@@ -218,6 +211,7 @@ def init_app(app: Flask) -> None:
         # cachelib's FileSystemCache beside the epoch file, which every process reads.
         state.shared_records_dir = state.shared_epoch_file + "-purges"
     app.extensions["vimeo_metacache"] = state
+    events.files_changed.connect(_on_files_changed)
 
     @app.after_request
     def add_x_cache(response):
@@ -225,6 +219,10 @@ def init_app(app: Flask) -> None:
         if verdict:
             response.headers["X-Cache"] = verdict
         return response
+
+
+def _on_files_changed(app: Flask, filehashes: list[str], versions: bool) -> None:
+    invalidate_many(filehashes)
 
 
 def _default_epoch_file(app: Flask) -> str:
@@ -244,7 +242,7 @@ def _process_local(app: Flask) -> bool:
     return isinstance(backend, SimpleCache)
 
 
-def _guarded(fn: Callable, *args, **kwargs):
+def guarded(fn: Callable, *args, **kwargs):
     """Call the cache; any failure opens the breaker and becomes CacheUnavailable."""
     state = _state()
     if not state.usable():
@@ -307,7 +305,7 @@ def lookup(filehash: str, load: Callable[[str], object | None], *, fresh: bool =
     try:
         if state.owes():
             state.settle()
-        entry, file_epoch, global_epoch, nf_epoch = _guarded(
+        entry, file_epoch, global_epoch, nf_epoch = guarded(
             cache.get_many, meta_key, epoch_key, GLOBAL_EPOCH, NOT_FOUND_EPOCH
         )
         if state.shared_epoch_file:
@@ -329,7 +327,7 @@ def lookup(filehash: str, load: Callable[[str], object | None], *, fresh: bool =
         ttl = cfg["CACHE_META_TTL"] if meta is not None else cfg["CACHE_NOT_FOUND_TTL"]
         value = (*epochs, meta.as_dict() if meta is not None else None)
         try:
-            _guarded(cache.set, meta_key, value, timeout=int(ttl))
+            guarded(cache.set, meta_key, value, timeout=int(ttl))
         except CacheUnavailable:
             pass
     return meta
@@ -370,9 +368,9 @@ def _ensure_epochs(state: _State, epoch_key, file_epoch, global_epoch, nf_epoch)
 def _create(key: str, ttl: int) -> str:
     """Write a new epoch unless another process just did; return the one in place."""
     token = _token()
-    if _guarded(cache.add, key, token, timeout=ttl):
+    if guarded(cache.add, key, token, timeout=ttl):
         return token
-    current = _guarded(cache.get, key)
+    current = guarded(cache.get, key)
     if current is None:
         raise CacheUnavailable()  # it vanished again: do not cache this time
     return current
@@ -421,7 +419,7 @@ def invalidate_not_found() -> bool:
         if _state().shared_epoch_file:
             _write_shared_epoch(_state().shared_epoch_file)
         else:
-            _guarded(cache.set, NOT_FOUND_EPOCH, _token(), timeout=SHARED_EPOCH_TTL)
+            guarded(cache.set, NOT_FOUND_EPOCH, _token(), timeout=SHARED_EPOCH_TTL)
         return True
     except CacheUnavailable:
         _state().owe(everything=True)
@@ -444,40 +442,24 @@ def _renew_epochs(filehashes: list[str]) -> None:
         for filehash in chunk:
             mapping[EPOCH + filehash] = _token()
             mapping[META + filehash] = None
-        _guarded(cache.set_many, mapping, timeout=ttl)
+        guarded(cache.set_many, mapping, timeout=ttl)
 
 
 def _renew_global() -> None:
     state = _state()
     if state.shared_epoch_file:
         _write_shared_epoch(state.shared_epoch_file)
-    _guarded(cache.set_many, {GLOBAL_EPOCH: _token(), NOT_FOUND_EPOCH: _token()}, timeout=SHARED_EPOCH_TTL)
+    guarded(cache.set_many, {GLOBAL_EPOCH: _token(), NOT_FOUND_EPOCH: _token()}, timeout=SHARED_EPOCH_TTL)
 
 
 # -- purge records ---------------------------------------------------------------------
-
-def password_verified(key: str) -> bool:
-    """Whether a password check with this key (security.verification_key) succeeded
-    recently. A cache that is down says no: the slow hash is computed instead."""
-    try:
-        return _guarded(cache.get, VERIFIED + key) is not None
-    except CacheUnavailable:
-        return False
-
-
-def remember_password(key: str, ttl: int) -> None:
-    try:
-        _guarded(cache.set, VERIFIED + key, 1, timeout=ttl)
-    except CacheUnavailable:
-        pass
-
 
 def save_purge(record: dict) -> bool:
     """Keep a purge's record for ``GET /purge/<id>``; False when the cache is down (the
     record is then written once it is back)."""
     key = PURGE + record["purge_id"]
     try:
-        _guarded(lambda: _records().set(key, record, timeout=int(current_app.config["PURGE_RECORD_TTL"])))
+        guarded(lambda: _records().set(key, record, timeout=int(current_app.config["PURGE_RECORD_TTL"])))
         return True
     except CacheUnavailable:
         _state().owe(record=(key, record))
@@ -486,7 +468,7 @@ def save_purge(record: dict) -> bool:
 
 def load_purge(purge_id: str) -> dict | None:
     """A purge's record (raises CacheUnavailable when the cache is down)."""
-    record = _guarded(lambda: _records().get(PURGE + purge_id))
+    record = guarded(lambda: _records().get(PURGE + purge_id))
     return record if isinstance(record, dict) else None
 
 
@@ -501,123 +483,3 @@ def _records():
 
         state.shared_records = FileSystemCache(state.shared_records_dir, threshold=MAX_PURGE_RECORDS)
     return state.shared_records
-
-
-# -- purging (operator API, SPEC 3.7) -------------------------------------------------------
-
-PURGE_TYPES = ("url", "prefix", "all")
-# Purge records an in-process deployment keeps on disk before the oldest are pruned.
-MAX_PURGE_RECORDS = 1000
-MAX_PURGE_ITEMS = 1000
-API_PATH = "/vimeo/api/v1.0"
-_HEX = frozenset("0123456789abcdef")
-
-
-def purge(kind: str, items: list[str]) -> dict:
-    """Drop cached metadata and cached 404/410 answers: for file URLs (``url``), for
-    filehashes starting with a prefix (``prefix``), or for everything (``all``).
-
-    Returns the purge's record (also kept for ``GET /purge/<purge_id>``): status
-    ``done``, or ``pending`` when the cache is down and the purge will be carried out as
-    soon as it is back (nothing is served from a cache that is down). Raises ValueError
-    with a message fit for the client when an item cannot be read.
-    """
-    if kind not in PURGE_TYPES:
-        raise ValueError(f"type must be one of {', '.join(PURGE_TYPES)}.")
-    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-        raise ValueError("items must be a list of strings.")
-    if len(items) > MAX_PURGE_ITEMS:
-        raise ValueError(f"at most {MAX_PURGE_ITEMS} items per purge.")
-    if kind != "all" and not items:
-        raise ValueError(f"a purge of type {kind} needs items.")
-    record = {
-        "purge_id": secrets.token_hex(16),
-        "type": kind,
-        "items": items,
-        "status": "pending",
-        "files": 0,
-        "created_at": _now_iso(),
-        "completed_at": None,
-    }
-    # nginx's cached answers of the fast path go too (their grants: fastpath.py). Unlike
-    # the entries below they are files on the storage, so a cache outage leaves them be.
-    from . import fastpath
-
-    if kind == "all":
-        fastpath.revoke_all()
-        done = invalidate_all()
-    elif kind == "url":
-        filehashes = [_filehash_of_url(item) for item in items]
-        record["files"] = len(set(filehashes))
-        fastpath.revoke_files(filehashes)
-        done = invalidate_many(filehashes)
-    else:
-        prefixes = [_prefix_of(item) for item in items]
-        # Unknown hashes that match are not in the database: drop every cached 404 (cheap
-        # to answer again), and the entries of the files that match.
-        done = invalidate_not_found()
-        for prefix in dict.fromkeys(prefixes):
-            for batch in _filehashes_with_prefix(prefix):
-                record["files"] += len(batch)
-                fastpath.revoke_files(batch)
-                done = invalidate_many(batch) and done
-    if done:
-        record.update(status="done", completed_at=_now_iso())
-    save_purge(record)
-    return record
-
-
-def _path_of(item: str) -> str:
-    """The API-relative path of a URL or path (``/file/<filehash>``), query cut off."""
-    text = item.strip()
-    path = urlsplit(text).path if "://" in text else text.split("?", 1)[0]
-    return path[len(API_PATH):] if path.startswith(API_PATH + "/") else path
-
-
-def _filehash_of_url(item: str) -> str:
-    """The filehash a file URL, a version URL, their paths, or a bare filehash names."""
-    kind, _, ident = _path_of(item).strip("/").rpartition("/")
-    if kind in ("", "file") and _is_filehash(ident):
-        return ident
-    if kind == "v" and _is_filehash(ident):
-        filehash = db.session.execute(
-            select(File.filehash).join(Version, Version.file_id == File.id).where(Version.version_id == ident)
-        ).scalar_one_or_none()
-        db.session.rollback()
-        if filehash is not None:
-            return filehash
-        raise ValueError(f"no published version at {item!r}.")
-    raise ValueError(f"not a file or version URL of this API: {item!r}.")
-
-
-def _prefix_of(item: str) -> str:
-    """``/vimeo/api/v1.0/file/ab*``, a URL of it, ``ab*`` or ``ab`` → ``ab``."""
-    path = _path_of(item)
-    if path.startswith("/file/"):
-        path = path[len("/file/"):]
-    prefix = path.rstrip("*").lower()
-    if len(prefix) > 32 or not set(prefix) <= _HEX or path.count("*") > 1 or "*" in path.rstrip("*"):
-        raise ValueError(f"not a filehash prefix such as {API_PATH}/file/ab*: {item!r}.")
-    return prefix
-
-
-def _filehashes_with_prefix(prefix: str):
-    """Batches of the filehashes starting with ``prefix`` (all of them for ``""``),
-    keyset-paginated so memory stays flat however many match."""
-    last = ""
-    while True:
-        rows = db.session.execute(
-            select(File.filehash)
-            .where(File.filehash.startswith(prefix, autoescape=True), File.filehash > last)
-            .order_by(File.filehash)
-            .limit(BATCH)
-        ).scalars().all()
-        db.session.rollback()
-        if not rows:
-            return
-        yield list(rows)
-        last = rows[-1]
-
-
-def _is_filehash(value: str) -> bool:
-    return len(value) == 32 and set(value) <= _HEX

@@ -33,7 +33,7 @@ UPLOADS = {
     "api.replace_file": "replace",
 }
 # Endpoints whose 200/206 answer to GET hands out content (and uses a download).
-DOWNLOADS = {"api.download": "file", "content.download_version": "version", "content.download_with_token": "token"}
+DOWNLOADS = {"api.download": "file", "links.download_version": "version", "links.download_with_token": "token"}
 
 # Each Celery app (one per Flask app) → that app's metrics, for the task signal handlers.
 _BY_CELERY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -17,7 +17,7 @@ import stat
 from flask import Request, current_app
 from werkzeug.exceptions import BadRequest, InternalServerError, RequestEntityTooLarge
 
-from .storage import UploadFile
+from . import storage
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def offloaded_body(request: Request) -> UploadFile | None:
     try:
         if not stat.S_ISREG(os.stat(real).st_mode):
             raise FileNotFoundError(real)
-        upload = UploadFile.adopt(real)
+        upload = storage.current().adopt(real)
     except (FileNotFoundError, PermissionError):
         # nginx removes the file when it gives up on the request (client gone, timeout).
         log.warning("the upload body file nginx named cannot be opened")

@@ -14,8 +14,9 @@ from importlib import resources
 
 from flask import Blueprint, Response
 
-PREFIX = "/vimeo/api/v1.0"
-bp = Blueprint("openapi", __name__, url_prefix=PREFIX)
+from .urls import API_PREFIX
+
+bp = Blueprint("openapi", __name__, url_prefix=API_PREFIX)
 
 
 @functools.cache

@@ -8,20 +8,17 @@ from __future__ import annotations
 import base64
 import functools
 import re
-import secrets
 
 from flask import Blueprint, g, jsonify, request
 from sqlalchemy import select
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import BadRequest, Forbidden, NotFound, ServiceUnavailable, Unauthorized
 
-from . import inventory, metacache, security
+from . import inventory, metacache, operator_tokens, purge as purging
 from .extensions import db
 from .inventory import available_clause
-from .models import ApiToken, File, utcnow
-
-PREFIX = "/vimeo/api/v1.0"
-SCOPES = ("files:read", "files:write", "stats:read", "cache:purge")
+from .models import File, utcnow
+from .urls import API_PREFIX
 MAX_PAGE = 100
 # The base64url (unpadded) of 1 to 18 decimal digits: what _encode_cursor produces for
 # any id below 10**18. The OpenAPI document gives the same pattern.
@@ -29,43 +26,16 @@ _PAIR = "(MD|MT|Mj|Mz|ND|NT|Nj|Nz|OD|OT)"
 _GROUP = _PAIR + "[AEIMQUYcgk][012345wxyz]"
 _CURSOR = re.compile(f"({_GROUP}){{0,5}}({_GROUP}|{_PAIR}[AEIMQUYcgk]|(MA|MQ|Mg|Mw|NA|NQ|Ng|Nw|OA|OQ))")
 _PURGE_ID = re.compile("[0-9a-f]{32}")
-bp = Blueprint("operators", __name__, url_prefix=PREFIX)
+bp = Blueprint("operators", __name__, url_prefix=API_PREFIX)
 
 
-# -- tokens ---------------------------------------------------------------------------
-
-def create_token(name: str, scopes: list[str]) -> tuple[ApiToken, str]:
-    """A new bearer token; the secret is returned once and stored only as a hash."""
-    unknown = set(scopes) - set(SCOPES)
-    if unknown or not scopes:
-        raise ValueError(f"scopes must be among {', '.join(SCOPES)}")
-    secret = "vmo_" + secrets.token_urlsafe(32)
-    token = ApiToken(name=name, token_hash=security.hash_token(secret), scopes=" ".join(sorted(set(scopes))))
-    db.session.add(token)
-    db.session.commit()
-    return token, secret
-
-
-def bearer_token(req) -> ApiToken | None:
-    """The live operator token a request carries, if any."""
-    header = req.headers.get("Authorization", "")
-    scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        return None
-    # A lookup by the hash of a 256-bit secret: nothing about the secret leaks by timing.
-    token = db.session.execute(
-        select(ApiToken).where(ApiToken.token_hash == security.hash_token(secret.strip()))
-    ).scalar_one_or_none()
-    if token is None or token.revoked_at is not None:
-        return None
-    return token
-
+# -- scopes ---------------------------------------------------------------------------
 
 def require_scope(scope: str):
     def decorator(view):
         @functools.wraps(view)
         def wrapped(*args, **kwargs):
-            token = bearer_token(request)
+            token = operator_tokens.from_request(request)
             if token is None:
                 raise Unauthorized(
                     "An operator bearer token is required.",
@@ -127,12 +97,12 @@ def purge():
     if not isinstance(body, dict) or set(body) - {"type", "items"}:
         raise BadRequest('Send a JSON object such as {"type": "url", "items": ["/vimeo/api/v1.0/file/<filehash>"]}.')
     try:
-        record = metacache.purge(body.get("type"), body.get("items", []))
+        record = purging.purge(body.get("type"), body.get("items", []))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     response = jsonify(purge_id=record["purge_id"], status=record["status"])
     response.status_code = 202
-    response.headers["Location"] = f"{PREFIX}/purge/{record['purge_id']}"
+    response.headers["Location"] = f"{API_PREFIX}/purge/{record['purge_id']}"
     return response
 
 

@@ -1,8 +1,12 @@
-"""Where bytes live: one small interface over a directory.
+"""Where bytes live: one small interface (``Storage``), chosen once at start-up.
 
-Content is stored once per SHA-256 under ``blobs/ab/cd/<sha256>``; uploads stream into
-``tmp/`` on the same filesystem so that placing them is a rename, never a copy. No path
-here is ever built from anything a client sent: only from hashes and random names.
+Every caller goes through it and none touches a path: write a stream atomically
+(``new_upload`` / ``adopt``, then ``place``, which knows the SHA-256 and size), open a
+blob (with a byte range), delete, exists, stat, iterate stored blobs, and how nginx
+reaches a blob (``accel_path``, ``nginx_file``). ``LocalStorage`` keeps content once per
+SHA-256 under ``blobs/ab/cd/<sha256>``; uploads stream into ``tmp/`` on the same
+filesystem so that placing them is a rename, never a copy. No path here is ever built
+from anything a client sent: only from hashes and random names.
 """
 
 from __future__ import annotations
@@ -13,9 +17,82 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+from urllib.parse import quote
+
+from flask import Flask, current_app
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1024 * 1024
+# nginx.conf's internal locations for X-Accel-Redirect: the blobs, and the same blobs
+# where nginx ignores a Range (an answer the app decided is the whole file).
+ACCEL_PREFIX = "/_vimeo_blobs/"
+ACCEL_WHOLE_PREFIX = "/_vimeo_whole/"
+
+
+@dataclass(frozen=True)
+class BlobStat:
+    size: int
+    mtime: float
+
+
+class Storage:
+    """What the rest of the app may ask of a storage backend."""
+
+    def new_upload(self) -> "UploadFile":
+        """A sink that hashes and counts what is written; closing it unplaced discards it."""
+        raise NotImplementedError
+
+    def adopt(self, path: str) -> "UploadFile":
+        """A complete body file another process (nginx) wrote on this machine."""
+        raise NotImplementedError
+
+    def place(self, upload: "UploadFile", mtime: float) -> bool:
+        """Make a finished upload visible under its SHA-256; False when already stored."""
+        raise NotImplementedError
+
+    def open(self, sha256: str, start: int = 0, stop: int | None = None) -> BinaryIO:
+        """The blob's bytes [start, stop) as a readable stream (FileNotFoundError if absent)."""
+        raise NotImplementedError
+
+    def delete(self, sha256: str) -> bool:
+        raise NotImplementedError
+
+    def exists(self, sha256: str) -> bool:
+        raise NotImplementedError
+
+    def stat(self, sha256: str) -> BlobStat | None:
+        raise NotImplementedError
+
+    def iter_blobs(self) -> Iterator[str]:
+        raise NotImplementedError
+
+    def remove_stale_uploads(self, older_than: float) -> int:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise when the storage cannot take a write (the readiness probe)."""
+        raise NotImplementedError
+
+    def accel_path(self, sha256: str, *, whole: bool = False) -> str:
+        """The X-Accel-Redirect target through which nginx sends this blob."""
+        raise NotImplementedError
+
+    def nginx_file(self, sha256: str) -> str | None:
+        """A local file nginx may serve for this blob (a fast-path grant points at it),
+        or None when nginx cannot reach the blob as a file."""
+        return None
+
+
+def init_app(app: Flask) -> None:
+    """Choose the backend once, at start-up."""
+    app.extensions["vimeo_storage"] = LocalStorage(app.config["STORAGE_DIR"])
+
+
+def current() -> Storage:
+    """The current app's storage."""
+    return current_app.extensions["vimeo_storage"]
 
 
 class UploadFile:
@@ -97,7 +174,7 @@ class UploadFile:
         self.close()
 
 
-class LocalStorage:
+class LocalStorage(Storage):
     """Blobs on a local directory, plus the temporary area uploads stream into."""
 
     def __init__(self, root: str):
@@ -118,12 +195,26 @@ class LocalStorage:
             raise ValueError("not a sha256 hex digest")
         return os.path.join(self.blob_dir, sha256[:2], sha256[2:4], sha256)
 
-    def relative_path(self, sha256: str) -> str:
-        """The blob's path below the storage root (what nginx's internal location maps)."""
-        return os.path.relpath(self.blob_path(sha256), self.root)
+    def accel_path(self, sha256: str, *, whole: bool = False) -> str:
+        # nginx percent-decodes this value and cuts it at "?": encode it.
+        below_blobs = os.path.relpath(self.blob_path(sha256), self.blob_dir)
+        return quote((ACCEL_WHOLE_PREFIX if whole else ACCEL_PREFIX) + below_blobs)
+
+    def nginx_file(self, sha256: str) -> str:
+        return self.blob_path(sha256)
 
     def exists(self, sha256: str) -> bool:
         return os.path.exists(self.blob_path(sha256))
+
+    def stat(self, sha256: str) -> BlobStat | None:
+        try:
+            st = os.stat(self.blob_path(sha256))
+        except FileNotFoundError:
+            return None
+        return BlobStat(st.st_size, st.st_mtime)
+
+    def adopt(self, path: str) -> "UploadFile":
+        return UploadFile.adopt(path)
 
     def place(self, upload: UploadFile, mtime: float) -> bool:
         """Move a finished upload into place under its hash. Returns False when the same
@@ -148,8 +239,13 @@ class LocalStorage:
         _fsync_dir(os.path.dirname(target))
         return True
 
-    def open(self, sha256: str):
-        return open(self.blob_path(sha256), "rb")
+    def open(self, sha256: str, start: int = 0, stop: int | None = None) -> BinaryIO:
+        """A real file (seekable, so the app can sendfile it) positioned at ``start``;
+        ``stop`` is the caller's to respect."""
+        blob = open(self.blob_path(sha256), "rb")
+        if start:
+            blob.seek(start)
+        return blob
 
     def delete(self, sha256: str) -> bool:
         try:
@@ -182,12 +278,11 @@ class LocalStorage:
                 pass
         return removed
 
-    def is_writable(self) -> bool:
+    def check(self) -> None:
         self.ensure_dirs()
         with self.new_upload() as probe:
             probe.write(b"ok")
             probe.finish()
-        return True
 
 
 def _fsync_dir(path: str) -> None:

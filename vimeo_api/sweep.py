@@ -11,20 +11,17 @@ bytes. The orphan scan walks the whole storage directory, so it runs less often
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from flask import current_app
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from . import fastcount, fastpath, files, observability, versions
+from . import blobs, fastcount, files, grants, observability, storage, versions
 from .extensions import db
-from .models import Blob, utcnow
+from .models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +52,13 @@ def run(batch_size: int | None = None, orphans: bool = True) -> SweepReport:
     report = SweepReport()
     report.fast_downloads = fastcount.count_served()
     report.expired = drain(files.expire_due, batch_size)
-    report.stale_grants = fastpath.audit(batch_size)
+    report.stale_grants = grants.audit(batch_size)
     report.retired = drain(versions.retire_due, batch_size)
-    storage = files.storage()
-    report.stale_uploads = storage.remove_stale_uploads(cfg["STALE_UPLOAD_SECONDS"])
+    report.stale_uploads = storage.current().remove_stale_uploads(cfg["STALE_UPLOAD_SECONDS"])
     if orphans:
         report.orphans = remove_orphans(batch_size, cfg["STALE_UPLOAD_SECONDS"])
     # Last, so that orphans adopted just now lose their bytes in this same sweep.
-    report.released = drain(files.release_due_blobs, batch_size)
+    report.released = drain(blobs.release_due, batch_size)
     if any(asdict(report).values()):
         log.info("sweep: %s", report.as_dict())
     observability.record_sweep(report)
@@ -99,33 +95,27 @@ def remove_orphans(batch_size: int, min_age: float) -> int:
     row; as a row, the upload's upsert either waits for the release or revives the blob.
     Young files are skipped: their upload may still be committing.
     """
-    storage = files.storage()
+    store = storage.current()
     cutoff = time.time() - min_age
     adopted = 0
     batch: list[str] = []
 
     def flush() -> int:
-        known = set(db.session.execute(select(Blob.sha256).where(Blob.sha256.in_(batch))).scalars())
+        known = blobs.known(batch)
         rows = []
         for sha in batch:
             if sha not in known:
-                try:
-                    stat = os.stat(storage.blob_path(sha))
-                except FileNotFoundError:
-                    continue
-                if stat.st_mtime < cutoff:
-                    rows.append({"sha256": sha, "size": stat.st_size, "refcount": 0, "created_at": now, "release_after": now})
+                stat = store.stat(sha)
+                if stat is not None and stat.mtime < cutoff:
+                    rows.append({"sha256": sha, "size": stat.size, "refcount": 0, "created_at": now, "release_after": now})
         batch.clear()
         if rows:
-            insert = postgresql.insert if db.session.get_bind().dialect.name == "postgresql" else sqlite.insert
-            result = db.session.execute(insert(Blob).values(rows).on_conflict_do_nothing(index_elements=[Blob.sha256]))
-            db.session.commit()
-            return result.rowcount
+            return blobs.adopt_orphans(rows)
         db.session.rollback()
         return 0
 
     now = utcnow()
-    for sha in storage.iter_blobs():
+    for sha in store.iter_blobs():
         batch.append(sha)
         if len(batch) >= batch_size:
             adopted += flush()

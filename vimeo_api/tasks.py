@@ -7,7 +7,7 @@ from celery import shared_task
 from flask import current_app
 from sqlalchemy.exc import OperationalError
 
-from . import files, sweep
+from . import blobs, sweep
 
 
 @shared_task(
@@ -23,7 +23,7 @@ def release_blob_task(sha256: str) -> bool:
     Retries with backoff while the database or the disk fails; if it never succeeds the
     intent stays in the database and the sweep finishes it.
     """
-    return files.release_blob(sha256, pause=current_app.config["TEST_RELEASE_DELAY"])
+    return blobs.release(sha256, pause=current_app.config["TEST_RELEASE_DELAY"])
 
 
 @shared_task(acks_late=True)

@@ -8,14 +8,12 @@ a multipart upload is never spooled to /tmp or copied a second time.
 from __future__ import annotations
 
 import mimetypes
-import os
 import re
-import unicodedata
 
 from flask import Request, current_app
 from werkzeug.exceptions import BadRequest, ClientDisconnected
 
-from . import offload
+from . import offload, storage
 from .storage import UploadFile
 
 # Content types that say nothing about the content: the filename decides instead.
@@ -32,7 +30,7 @@ class UploadRequest(Request):
     """
 
     def new_upload(self) -> UploadFile:
-        upload = current_app.extensions["vimeo_storage"].new_upload()
+        upload = storage.current().new_upload()
         self.__dict__.setdefault("_uploads", []).append(upload)
         return upload
 
@@ -79,19 +77,6 @@ def raw_body(request: Request) -> UploadFile:
         upload.close()
         raise
     return upload
-
-
-def clean_filename(name: str | None) -> str:
-    """The client's filename, kept only for Content-Disposition and listings (never for
-    a path): last path component, no control characters, at most 255 characters."""
-    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
-    if name in ("", ".", ".."):
-        name = "file"
-    if len(name) > 255:
-        stem, ext = os.path.splitext(name)
-        name = stem[: 255 - len(ext[:32])] + ext[:32]
-    return name
 
 
 def content_type_for(declared: str | None, filename: str) -> str:

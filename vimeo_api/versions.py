@@ -12,21 +12,16 @@ import secrets
 
 from sqlalchemy import select, update
 
-from . import fastpath, files
+from . import blobs, events
 from .extensions import db
-from .models import Blob, File, FileStatus, GoneReason, Version, VersionStatus, utcnow
+from .models import File, FileStatus, GoneReason, Version, VersionStatus, utcnow
 
 
 def publish(file: File) -> Version:
     """Freeze the file's current content as a new version."""
     now = utcnow()
-    # The file is available, so its blob has a reference and cannot be released under us;
-    # the UPDATE takes the row lock for the rest of this transaction.
-    db.session.execute(
-        update(Blob)
-        .where(Blob.sha256 == file.sha256)
-        .values(refcount=Blob.refcount + 1, release_after=None)
-    )
+    # The file is available, so its blob has a reference and cannot be released under us.
+    blobs.add_ref(file.sha256)
     version = Version(
         version_id=secrets.token_hex(16),
         file_id=file.id,
@@ -69,11 +64,10 @@ def retire_for_files(file_ids: list[int]) -> int:
         .values(status=VersionStatus.RETIRED, retired_at=now)
         .returning(Version.sha256, Version.version_id)
     ).all()
-    released = [row.sha256 for row in rows if files._release_blob_ref(row.sha256, now)]
+    released = [row.sha256 for row in rows if blobs.release_ref(row.sha256, now)]
     db.session.commit()
-    fastpath.revoke_versions(row.version_id for row in rows)
-    for sha256 in released:
-        files.queue_release(sha256)
+    events.announce_versions_retired(row.version_id for row in rows)
+    events.announce_blobs_released(released)
     return len(rows)
 
 

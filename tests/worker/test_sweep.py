@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from vimeo_api import config, files, sweep
+from vimeo_api import blobs, config, files, queue, storage, sweep
 from vimeo_api.extensions import db
 from vimeo_api.files import Options
 from vimeo_api.models import Blob
@@ -34,7 +34,7 @@ def ctx(app):
 
 
 def new_file(content: bytes, **options):
-    upload = files.storage().new_upload()
+    upload = storage.current().new_upload()
     upload.write(content)
     file, _token = files.create(upload, "f.bin", "application/octet-stream", Options(**options))
     return file
@@ -96,11 +96,11 @@ def test_release_due_blobs_takes_only_what_is_unused_and_past_its_grace(ctx):
     )
     db.session.commit()
 
-    assert files.release_due_blobs(batch_size=100) == 1
-    assert files.release_due_blobs(batch_size=100) == 0
-    assert blob(due.sha256) is None and not files.storage().exists(due.sha256)
-    assert blob(in_grace.sha256) is not None and files.storage().exists(in_grace.sha256)
-    assert blob(in_use.sha256).refcount == 1 and files.storage().exists(in_use.sha256)
+    assert blobs.release_due(batch_size=100) == 1
+    assert blobs.release_due(batch_size=100) == 0
+    assert blob(due.sha256) is None and not storage.current().exists(due.sha256)
+    assert blob(in_grace.sha256) is not None and storage.current().exists(in_grace.sha256)
+    assert blob(in_use.sha256).refcount == 1 and storage.current().exists(in_use.sha256)
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_one_sweep_expires_releases_and_cleans_up(no_grace):
     expired = [new_file(f"x{i}".encode(), max_downloads=0) for i in range(5)]
     twin = new_file(b"x0", max_downloads=0)  # keeps the first one's bytes alive
     expire_now(*expired)
-    store = files.storage()
+    store = storage.current()
     orphan = hashlib.sha256(b"orphan").hexdigest()
     os.makedirs(os.path.dirname(store.blob_path(orphan)), exist_ok=True)
     with open(store.blob_path(orphan), "wb") as f:
@@ -139,7 +139,7 @@ def test_one_sweep_expires_releases_and_cleans_up(no_grace):
 
 
 def test_an_orphan_uploaded_again_before_its_release_is_kept(no_grace):
-    store = files.storage()
+    store = storage.current()
     orphan = hashlib.sha256(b"came back").hexdigest()
     os.makedirs(os.path.dirname(store.blob_path(orphan)), exist_ok=True)
     with open(store.blob_path(orphan), "wb") as f:
@@ -149,7 +149,7 @@ def test_an_orphan_uploaded_again_before_its_release_is_kept(no_grace):
     assert sweep.remove_orphans(batch_size=10, min_age=60) == 1
     assert blob(orphan).refcount == 0
     again = new_file(b"came back", max_downloads=0)  # finds the bytes in place
-    assert files.release_due_blobs(batch_size=10) == 0
+    assert blobs.release_due(batch_size=10) == 0
     assert blob(again.sha256).refcount == 1 and store.exists(orphan)
     assert sweep.remove_orphans(batch_size=10, min_age=60) == 0
 
@@ -207,14 +207,14 @@ def _closed_port() -> int:
 
 def test_enqueue_with_the_broker_down_is_bounded_logged_and_then_skipped(make_app, caplog):
     app = make_app(backend="sqlite", BROKER_URL=f"redis://127.0.0.1:{_closed_port()}/0", BROKER_RETRY_AFTER=30)
-    with app.app_context(), caplog.at_level(logging.WARNING, logger="vimeo_api.files"):
+    with app.app_context(), caplog.at_level(logging.WARNING, logger="vimeo_api.queue"):
         started = time.monotonic()
-        files.queue_release("a" * 64)
+        queue.queue_release("a" * 64)
         assert time.monotonic() - started < 5
         assert "could not queue the release of a blob, the sweep will" in caplog.text
         # The breaker is open: the next requests do not wait on the broker at all.
         started = time.monotonic()
-        files.queue_release("b" * 64)
+        queue.queue_release("b" * 64)
         assert time.monotonic() - started < 0.1
         assert "left to the sweep" in caplog.text
 

@@ -1,4 +1,6 @@
-"""Content delivery routes: immutable published versions and short-lived signed tokens."""
+"""Links beside a file's own URL: immutable published versions (SPEC 3.5) and
+short-lived signed tokens (SPEC 3.6); publishing and issuing, and their download routes,
+which go through the one download pipeline (``downloads``)."""
 
 from __future__ import annotations
 
@@ -6,15 +8,14 @@ import math
 from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, jsonify, request
-from werkzeug.datastructures import WWWAuthenticate
-from werkzeug.exceptions import BadRequest, Forbidden, Gone, NotFound, Unauthorized
+from werkzeug.exceptions import BadRequest
 
-from . import access, delivery, fastpath, files, signing, versions
-from .http_semantics import cache_class, format_etag
+from . import access, downloads, signing, versions
+from .http_semantics import format_etag
 from .models import utcnow
+from .urls import API_PREFIX, absolute
 
-PREFIX = "/vimeo/api/v1.0"
-bp = Blueprint("content", __name__, url_prefix=PREFIX)
+bp = Blueprint("links", __name__, url_prefix=API_PREFIX)
 
 
 @bp.post("/file/<filehash>/versions")
@@ -22,7 +23,7 @@ def publish_version(filehash):
     """Freeze the current content: ``201 {"version_id", "url", "etag"}`` (owner only)."""
     file = access.owned(filehash, request)
     version = versions.publish(file)
-    url = f"{current_app.config['PUBLIC_URL']}{PREFIX}/v/{version.version_id}"
+    url = absolute(f"/v/{version.version_id}")
     response = jsonify(version_id=version.version_id, url=url, etag=format_etag(version.sha256))
     response.status_code = 201
     response.headers["Location"] = url
@@ -32,15 +33,7 @@ def publish_version(filehash):
 @bp.route("/v/<version_id>", methods=["GET", "HEAD"])
 def download_version(version_id):
     """A published version: immutable cache class, no password, no download used."""
-    found = versions.find(version_id) if len(version_id) == 32 else None
-    if found is None:
-        raise NotFound()
-    version, file = found
-    if not versions.is_available(version, file, utcnow()):
-        raise Gone()
-    response = delivery.respond(version, cache_class(max_downloads=0, has_password=False, published=True))
-    fastpath.ensure_version(found)
-    return response
+    return downloads.serve(lambda fresh: access.version_offer(version_id))
 
 
 @bp.post("/file/<filehash>/tokens")
@@ -60,7 +53,7 @@ def issue_token(filehash):
         raise BadRequest(f"expires_in is more than the maximum of {cfg['TOKEN_MAX_EXPIRES_IN']} seconds.")
     expires_at = math.ceil(utcnow().timestamp() + expires_in)
     token = signing.issue(file.filehash, expires_at)
-    url = f"{cfg['PUBLIC_URL']}{PREFIX}/t/{token}"
+    url = absolute(f"/t/{token}")
     response = jsonify(
         token=token,
         url=url,
@@ -74,19 +67,4 @@ def issue_token(filehash):
 @bp.route("/t/<token>", methods=["GET", "HEAD"])
 def download_with_token(token):
     """Tampered → 401, expired → 403, file gone → 410; uses a download like any other."""
-    try:
-        filehash = signing.verify(token)
-    except signing.TokenInvalid:
-        raise Unauthorized(
-            "This token is not valid.", www_authenticate=WWWAuthenticate("token", {"realm": "vimeo_api"})
-        ) from None
-    except signing.TokenExpired:
-        raise Forbidden("This token has expired.") from None
-    file = files.find(filehash)
-    if file is None or not file.is_available(utcnow()):
-        raise Gone()
-    return delivery.respond(
-        file,
-        cache_class(max_downloads=file.max_downloads, has_password=False, token=True),
-        consume=lambda nbytes: files.consume_download(file.id, nbytes, file.sha256),
-    )
+    return downloads.serve(lambda fresh: access.token_offer(token, fresh=fresh))

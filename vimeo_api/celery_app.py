@@ -1,4 +1,5 @@
-"""Celery bound to the Flask app: tasks run inside an app context (Flask's pattern)."""
+"""The app's Celery instance (Flask's ``celery_init_app`` pattern): tasks run inside an
+app context; the worker and beat start from ``celery_worker.py``."""
 
 from __future__ import annotations
 

@@ -1,0 +1,310 @@
+"""The fast path's grant store: nginx answers hot downloads of shareable files with no
+Python at all, through grants this module keeps (its subrequest view is ``fastpath``).
+
+For a public file (unlimited downloads, no password) and for a published version, every
+client gets the same answer. nginx asks the app about such a URL once, with an
+``auth_request`` subrequest to ``/_vimeo/grant/...``, keeps the app's answer in its
+``proxy_cache`` and from then on sends the bytes itself (nginx.conf, "fast path").
+
+Correct by construction: nginx uses a cached answer only while the *grant* it names
+exists. A grant is a symlink ``<storage>/grants/<f|v>/<ab>/<id>/<digest>`` to the blob,
+and ``digest`` hashes everything the answer says (content hash, size, type, filename,
+Last-Modified, expiry, cache class). nginx serves the bytes through that path
+(``try_files``), and sends the request to the app whenever the grant directory or the
+grant is missing. Hence:
+
+* a change that keeps the file shareable but changes its answer (new content, new
+  expiry) gives it a new digest: a cached answer names a grant that no longer exists;
+* a change that ends sharing (DELETE, expiry, a password or a download limit added by
+  PATCH, a retired version, a purge) removes the file's grant directory: nginx sends the
+  next request to the app, which answers from the database;
+* every writer announces its change after its commit (``events``), and this module,
+  listening, removes the grants before the writer's request answers (blinker calls
+  receivers synchronously), so the bound is zero: once a DELETE, PUT, PATCH or purge has
+  answered, no cached answer is used;
+* expiry needs no writer: nginx keeps an answer at most until the second before the
+  file's ``expires_at`` (``X-Accel-Expires``), and a file expiring within
+  ``MIN_LIFETIME`` seconds gets no grant;
+* nginx keeps an answer ``MAX_AGE`` seconds, so after a change it asks again within
+  about two seconds and the fast path resumes with the new grant.
+
+Grants are only created here, create-then-verify: make the symlink, then re-read the row
+from the database and remove the symlink again unless the row still has the digest's
+state. A writer commits, then removes. Whichever way the two interleave, a grant never
+outlives the state it names: either the verification reads the writer's commit, or the
+writer's removal comes after the symlink was made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from flask import Flask, current_app
+from sqlalchemy import select
+
+from . import events, storage, versions
+from .extensions import db
+from .models import File, Version, VersionStatus, utcnow
+from .representation import CacheClass, content_headers, file_cache_class
+
+GRANTS = "grants"
+# A file expiring sooner than this gets no grant (nginx's clock ticks in whole seconds).
+MIN_LIFETIME = 2
+# Seconds nginx keeps a grant answer. Its grant guards it, so this bounds no staleness:
+# only how long a changed file (whose cached answer names a grant that is gone) goes
+# through the app before nginx asks again. One subrequest per second per hot file.
+MAX_AGE = 1
+ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def init_app(app: Flask) -> None:
+    """Listen to the domain's changes: a changed file or a retired version loses its grants."""
+    events.files_changed.connect(_on_files_changed)
+    events.versions_retired.connect(_on_versions_retired)
+
+
+def _on_files_changed(app: Flask, filehashes: list[str], versions: bool) -> None:
+    revoke_files(filehashes, with_versions=versions)
+
+
+def _on_versions_retired(app: Flask, version_ids: list[str]) -> None:
+    revoke_versions(version_ids)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What nginx may answer for one shareable file or version, and where its bytes are."""
+
+    kind: str  # "f" (a file) or "v" (a published version)
+    ident: str  # filehash or version_id
+    resource: object  # the File / FileMeta / Version the headers come from
+    klass: CacheClass  # PUBLIC or IMMUTABLE
+    expires_at: datetime | None
+
+    @property
+    def digest(self) -> str:
+        r = self.resource
+        expires = "" if self.expires_at is None else f"{self.expires_at.timestamp():.6f}"
+        state = "\0".join(
+            [self.kind, self.ident, r.sha256, str(r.size), r.content_type, r.filename,
+             f"{r.modified_at.timestamp():.6f}", expires, self.klass]
+        )
+        return hashlib.sha256(state.encode()).hexdigest()[:32]
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.kind}/{self.ident[:2]}/{self.ident}/{self.digest}"
+
+    def headers(self) -> dict[str, str]:
+        """The answer's headers, under the private names nginx's fast path re-adds."""
+        h = content_headers(self.resource, self.klass)
+        return {
+            "X-Vimeo-Grant": self.relpath,
+            "X-File-Content-Type": h["Content-Type"],
+            "X-File-Content-Disposition": h["Content-Disposition"],
+            "X-File-ETag": h["ETag"],
+            "X-File-Last-Modified": h["Last-Modified"],
+            "X-File-Cache-Control": h["Cache-Control"],
+        }
+
+
+def enabled() -> bool:
+    return bool(current_app.config["FAST_PATH"])
+
+
+def _lives_long_enough(expires_at: datetime | None, now: datetime) -> bool:
+    return expires_at is None or (expires_at - now).total_seconds() > MIN_LIFETIME
+
+
+def file_grant(file, klass: CacheClass | None = None) -> Grant | None:
+    """The grant a file may have now: available, unlimited, no password, not expiring,
+    not empty (every Range nginx answers on the fast path is satisfiable then).
+    ``klass``: the file's cache class, when the caller knows it already."""
+    now = utcnow()
+    if file is None or not file.is_available(now) or not _lives_long_enough(file.expires_at, now):
+        return None
+    if file.size == 0:
+        return None
+    if (klass or file_cache_class(file)) is not CacheClass.PUBLIC:
+        return None
+    return Grant("f", file.filehash, file, CacheClass.PUBLIC, file.expires_at)
+
+
+def version_grant(found: tuple[Version, File] | None) -> Grant | None:
+    """The grant a published version may have now (it lives until its file's expiry)."""
+    if found is None:
+        return None
+    version, file = found
+    now = utcnow()
+    if not versions.is_available(version, file, now) or not _lives_long_enough(file.expires_at, now):
+        return None
+    if version.size == 0:
+        return None
+    return Grant("v", version.version_id, version, CacheClass.IMMUTABLE, file.expires_at)
+
+
+def ensure_file(file, klass: CacheClass | None = None) -> Grant | None:
+    """Make sure a shareable file has its grant (called on downloads the app answered)."""
+    return _ensure(file_grant(file, klass), lambda: file_grant(_fresh_file(file.filehash)))
+
+
+def ensure_version(found: tuple[Version, File] | None) -> Grant | None:
+    return _ensure(version_grant(found), lambda: version_grant(_fresh_version(found[0].version_id)))
+
+
+def _ensure(grant: Grant | None, reload) -> Grant | None:
+    if grant is None or not enabled():
+        return None
+    path = os.path.join(_root(), grant.relpath)
+    if os.path.lexists(path):
+        return grant
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    blob = storage.current().nginx_file(grant.resource.sha256)
+    if blob is None:
+        return None  # nginx cannot serve this storage's blobs as files
+    try:
+        os.symlink(os.path.relpath(blob, os.path.dirname(path)), path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        return None  # a writer removed the directory meanwhile: no grant this time
+    # Verify against the database, in a new transaction (a snapshot taken before a
+    # writer's commit would not see it).
+    db.session.rollback()
+    current = reload()
+    if current is None or current.digest != grant.digest:
+        _unlink(path)
+        return None
+    return grant
+
+
+def _fresh_file(filehash: str) -> File | None:
+    return db.session.execute(
+        select(File).where(File.filehash == filehash).execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+
+
+def _fresh_version(version_id: str) -> tuple[Version, File] | None:
+    row = db.session.execute(
+        select(Version, File)
+        .join(File, File.id == Version.file_id)
+        .where(Version.version_id == version_id)
+        .execution_options(populate_existing=True)
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+# -- removal (after a writer's commit: see init_app) -----------------------------------
+
+def revoke_files(filehashes, *, with_versions: bool = True) -> None:
+    """End the fast path of these files (and of their published versions)."""
+    if not enabled():
+        return
+    filehashes = [fh for fh in filehashes if ID.match(fh)]
+    for filehash in filehashes:
+        _revoke("f", filehash)
+    if with_versions and filehashes:
+        version_ids = db.session.execute(
+            select(Version.version_id)
+            .join(File, File.id == Version.file_id)
+            .where(File.filehash.in_(filehashes), Version.status == VersionStatus.PUBLISHED)
+        ).scalars().all()
+        db.session.rollback()
+        revoke_versions(version_ids)
+
+
+def revoke_versions(version_ids) -> None:
+    if not enabled():
+        return
+    for version_id in version_ids:
+        if ID.match(version_id):
+            _revoke("v", version_id)
+
+
+def revoke_all() -> int:
+    """Every grant (a purge of everything); returns how many directories went."""
+    if not enabled():
+        return 0
+    count = 0
+    for kind in ("f", "v"):
+        top = os.path.join(_root(), kind)
+        for shard in _listdir(top):
+            for ident in _listdir(os.path.join(top, shard)):
+                if ID.match(ident):
+                    _revoke(kind, ident)
+                    count += 1
+    return count
+
+
+def audit(batch_size: int = 500) -> int:
+    """Remove every grant whose file or version no longer has the state it names (each
+    sweep runs this): what a writer that died between its commit and its removal of the
+    grants left behind. Returns how many grants went. Removing is always safe: the app
+    answers those requests and grants again what is still shareable."""
+    if not enabled():
+        return 0
+    removed = 0
+    for kind, current_grants in (("f", _current_file_grants), ("v", _current_version_grants)):
+        top = os.path.join(_root(), kind)
+        idents = [ident for shard in _listdir(top) for ident in _listdir(os.path.join(top, shard)) if ID.match(ident)]
+        for start in range(0, len(idents), batch_size):
+            batch = idents[start:start + batch_size]
+            current = current_grants(batch)
+            db.session.rollback()
+            for ident in batch:
+                grant = current.get(ident)
+                directory = os.path.join(top, ident[:2], ident)
+                for name in _listdir(directory):
+                    if grant is None or name != grant.digest:
+                        _unlink(os.path.join(directory, name))
+                        removed += 1
+                if grant is None:
+                    try:
+                        os.rmdir(directory)
+                    except OSError:
+                        pass
+    return removed
+
+
+def _current_file_grants(filehashes: list[str]) -> dict[str, Grant | None]:
+    rows = db.session.execute(select(File).where(File.filehash.in_(filehashes))).scalars().all()
+    return {row.filehash: file_grant(row) for row in rows}
+
+
+def _current_version_grants(version_ids: list[str]) -> dict[str, Grant | None]:
+    rows = db.session.execute(
+        select(Version, File).join(File, File.id == Version.file_id).where(Version.version_id.in_(version_ids))
+    ).all()
+    return {row[0].version_id: version_grant((row[0], row[1])) for row in rows}
+
+
+def _revoke(kind: str, ident: str) -> None:
+    directory = os.path.join(_root(), kind, ident[:2], ident)
+    for name in _listdir(directory):
+        _unlink(os.path.join(directory, name))
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass  # gone already, or a grant was just made in it (verified, or removed, by its maker)
+
+
+def _root() -> str:
+    return os.path.join(current_app.config["STORAGE_DIR"], GRANTS)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
