@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import grp
+import json
 import os
 import pwd
 import shutil
 import signal
 import socket
-import string
 import subprocess
 import sys
 import time
@@ -31,6 +31,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import jinja2
+
+from vimeo_api.errors import MESSAGES, PHRASES
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "nginx.conf"
@@ -40,16 +44,69 @@ MiB = 1024 * 1024
 BODY_DIR = "nginx-body"
 # nginx.conf's log of the downloads it answered on the fast path (in its log_dir).
 FAST_DOWNLOADS_LOG = "fast-downloads.log"
-# The errors nginx itself may answer, each as the API's JSON (nginx.conf's @json_<code>).
+# The errors nginx itself may answer, each as the API's JSON (nginx.conf's @json_<code>,
+# and the error_page lines that lead there), with the app's phrase (vimeo_api/errors.py).
 JSON_ERROR_CODES = (400, 403, 404, 405, 408, 411, 412, 413, 414, 416, 429, 500, 502, 503, 504)
+# nginx's own message where the app's (errors.MESSAGES) does not fit what nginx saw, or
+# the app has none: nginx answers before or instead of the app (its 405 has no Allow
+# header to point at, its 413 names the limit). The other codes take the app's message.
+# "{max_body_size}" is filled in.
+NGINX_MESSAGES = {
+    400: "The request could not be read.",
+    403: "This address is not allowed here.",
+    405: "This method is not allowed here.",
+    412: "The file does not match the preconditions of the request.",
+    413: "The upload is larger than the configured maximum of {max_body_size} bytes.",
+    416: "The requested range is not within the file.",
+    429: "Slow down and retry.",
+    502: "The application is not answering; retry shortly.",
+    503: "The service is unavailable; retry shortly.",
+    504: "The application did not answer in time; retry shortly.",
+}
 
 
-class NginxTemplate(string.Template):
-    """``@{name}`` placeholders: nginx uses ``$name`` for its variables, and ``@name``
-    (no braces) for named locations, which stay untouched."""
+@dataclass(frozen=True)
+class NginxError:
+    """One of nginx's JSON error answers: its code and its body, with nginx's
+    ``$request_id`` as the request id."""
 
-    delimiter = "@"
-    pattern = r"""@(?:(?P<escaped>@)|\{(?P<braced>[a-z_][a-z0-9_]*)\}|(?P<named>(?!))|(?P<invalid>(?!)))"""
+    code: int
+    body: str
+
+
+def nginx_errors(max_body_size: int) -> list[NginxError]:
+    """The JSON answers of JSON_ERROR_CODES, in that order."""
+    errors = []
+    for code in JSON_ERROR_CODES:
+        message = NGINX_MESSAGES[code].format(max_body_size=max_body_size) if code in NGINX_MESSAGES else MESSAGES[code]
+        phrase = PHRASES[code]
+        # In nginx's `return` text every "$" starts a variable, and there is no escape
+        # for it: only the request id may be one.
+        if "$" in phrase + message:
+            raise ValueError(f"the error text of {code} cannot be used in nginx.conf: {phrase!r}, {message!r}")
+        body = json.dumps({"error": phrase, "message": message, "request_id": "$request_id"})
+        errors.append(NginxError(code, body))
+    return errors
+
+
+def nginx_string(text: str) -> str:
+    """``text`` inside nginx's single quotes: nginx reads a backslash as an escape there
+    (``\\``, ``\\'``, ``\\n``...), so each backslash and quote gets one."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _template() -> jinja2.Template:
+    environment = jinja2.Environment(
+        # A value missing from the render fails it rather than leaving nginx an empty word.
+        undefined=jinja2.StrictUndefined,
+        # Block tags on lines of their own leave no blank lines or indentation behind.
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    environment.filters["nginx_string"] = nginx_string
+    return environment.from_string(TEMPLATE.read_text())
 
 
 @dataclass
@@ -83,6 +140,7 @@ class NginxSettings:
 
 
 def render_nginx(settings: NginxSettings) -> str:
+    """nginx.conf (the Jinja2 template at the repository's root) for ``settings``."""
     values = {
         "user_directive": settings.user_directive(),
         "worker_processes": settings.worker_processes,
@@ -95,20 +153,13 @@ def render_nginx(settings: NginxSettings) -> str:
         "storage_dir": os.path.abspath(settings.storage_dir),
         "max_body_size": str(int(settings.max_body_size)),
         "extra_locations": settings.extra_locations,
-        "json_error_pages": _error_pages(JSON_ERROR_CODES),
-        # In the fast path's locations nginx's 403 and 500 come from the grant subrequest
-        # (refused, or the app unreachable): the request then goes to the app instead.
-        "fast_error_pages": _error_pages(c for c in JSON_ERROR_CODES if c not in (403, 500)),
+        "json_errors": nginx_errors(int(settings.max_body_size)),
     }
     for name in ("runtime_dir", "log_dir", "pid_file", "storage_dir"):
         # nginx would read a space or ';' as the end of the path.
         if any(ch in values[name] for ch in " ;'\"{}$#\n"):
             raise ValueError(f"{name} cannot be used in nginx.conf: {values[name]!r}")
-    return NginxTemplate(TEMPLATE.read_text()).substitute(values)
-
-
-def _error_pages(codes) -> str:
-    return "\n        ".join(f"error_page {code} @json_{code};" for code in codes)
+    return _template().render(values)
 
 
 def write_nginx_conf(settings: NginxSettings) -> Path:

@@ -15,10 +15,10 @@ OUTPUT = Path(__file__).resolve().parent.parent / "vimeo_api" / "openapi.json"
 P = "/vimeo/api/v1.0"
 ref = lambda kind, name: {"$ref": f"#/components/{kind}/{name}"}
 
-PHRASES = ["Bad Request", "Unauthorized", "Forbidden", "Not Found", "Method not Allowed", "Conflict", "Gone",
-           "Precondition Failed", "Request Entity Too Large", "Unsupported Media Type", "Range Not Satisfiable",
-           "Too Many Requests", "Internal Server Error", "Bad Gateway", "Service Unavailable", "Gateway Timeout",
-           "Insufficient Storage"]
+PHRASES = ["Bad Request", "Unauthorized", "Forbidden", "Not Found", "Method not Allowed", "Request Timeout",
+           "Conflict", "Gone", "Length Required", "Precondition Failed", "Request Entity Too Large", "URI Too Long",
+           "Unsupported Media Type", "Range Not Satisfiable", "Too Many Requests", "Internal Server Error",
+           "Bad Gateway", "Service Unavailable", "Gateway Timeout", "Insufficient Storage"]
 
 # Texts the API accepts for the options (form fields, headers, JSON strings): surrounding
 # whitespace is ignored; an empty value means "not given".

@@ -1,0 +1,215 @@
+"""nginx.conf, the Jinja2 template deploy/stack.py renders: a config the real nginx accepts,
+with one JSON error location per code nginx may answer, each saying the app's phrase."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+
+import jinja2
+import pytest
+
+from deploy import stack
+from deploy.stack import (
+    JSON_ERROR_CODES,
+    NGINX_MESSAGES,
+    NginxSettings,
+    check_nginx_conf,
+    free_port,
+    nginx_command,
+    render_nginx,
+    spawn,
+    stop,
+    wait_for_http,
+    write_nginx_conf,
+)
+from vimeo_api.errors import MESSAGES, PHRASES
+
+MAX_BODY = 12345
+REQUEST_ID = "0123456789abcdef0123456789abcdef"
+# nginx.conf's per-code extras, as they were before the template had a loop.
+RETRY_AFTER = {429: "1", 502: "5", 503: "5", 504: "5"}
+COMMON_HEADERS = "add_header Cache-Control no-store always; add_header X-Request-Id $request_id always;"
+
+# `location @json_<code> { <directives> return <code> '<text>'; }` as nginx.conf writes them.
+LOCATION = re.compile(
+    r"location @json_(?P<name>\d+) \{ types \{ \} default_type application/json;(?P<headers>[^\n]*)\n"
+    r"\s*return (?P<code>\d+) '(?P<text>(?:[^'\\]|\\.)*)'; \}"
+)
+ERROR_PAGE = re.compile(r"^\s*error_page (\d+) @json_(\d+);$", re.MULTILINE)
+
+
+def settings_in(tmp_path, **overrides) -> NginxSettings:
+    values = dict(
+        listen=f"127.0.0.1:{free_port()}",
+        # Nothing listens there: what reaches the app is nginx's 502.
+        app_address=f"127.0.0.1:{free_port()}",
+        storage_dir=str(tmp_path / "storage"),
+        runtime_dir=str(tmp_path / "nginx"),
+        log_dir=str(tmp_path / "log"),
+        max_body_size=MAX_BODY,
+        worker_processes="1",
+    )
+    values.update(overrides)
+    return NginxSettings(**values)
+
+
+def nginx_unquote(text: str) -> str:
+    """What nginx's config parser makes of the inside of a quoted string: a backslash
+    before a quote or a backslash is dropped, \\t \\r \\n are control characters, any other
+    backslash stays."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt in "\"'\\":
+                out.append(nxt)
+                i += 2
+                continue
+            if nxt in "trn":
+                out.append({"t": "\t", "r": "\r", "n": "\n"}[nxt])
+                i += 2
+                continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
+def expected_message(code: int) -> str:
+    if code in NGINX_MESSAGES:
+        return NGINX_MESSAGES[code].format(max_body_size=MAX_BODY)
+    return MESSAGES[code]
+
+
+def locations(conf: str) -> dict[int, re.Match]:
+    found = {}
+    for match in LOCATION.finditer(conf):
+        code = int(match["name"])
+        assert code not in found, f"@json_{code} is defined twice"
+        found[code] = match
+    return found
+
+
+def answer(match: re.Match) -> dict:
+    """The JSON body the location returns, with nginx's $request_id filled in."""
+    text = nginx_unquote(match["text"])
+    assert text.endswith("}\n")
+    assert text.count("$") == 1 and '"$request_id"' in text
+    return json.loads(text.replace("$request_id", REQUEST_ID))
+
+
+@pytest.fixture
+def conf(tmp_path) -> str:
+    return render_nginx(settings_in(tmp_path))
+
+
+def test_the_rendered_conf_is_accepted_by_nginx(tmp_path):
+    settings = settings_in(tmp_path)
+    check_nginx_conf(write_nginx_conf(settings), settings)
+
+
+def test_no_placeholder_is_left(conf):
+    for mark in ("{{", "}}", "{%", "%}", "{#", "#}", "@{"):
+        assert mark not in conf, mark
+    assert "Undefined" not in conf
+
+
+def test_a_missing_value_fails_the_render(tmp_path, monkeypatch):
+    template = tmp_path / "nginx.conf"
+    template.write_text("listen {{ listen }};\nserver {{ no_such_value }};\n")
+    monkeypatch.setattr(stack, "TEMPLATE", template)
+    with pytest.raises(jinja2.UndefinedError, match="no_such_value"):
+        render_nginx(settings_in(tmp_path))
+
+
+def test_every_error_page_leads_to_a_json_location(conf):
+    pages = ERROR_PAGE.findall(conf)
+    assert pages
+    for code, target in pages:
+        assert code == target
+    found = locations(conf)
+    assert {int(code) for code, _ in pages} <= set(found)
+    assert sorted(found) == sorted(JSON_ERROR_CODES)
+    # The server's error_page lines name every code, in the order of JSON_ERROR_CODES; the
+    # fast path's all but 403 and 500 (those send the request to the app).
+    server_block = conf[conf.index("    server {"):conf.index("        location / {")]
+    assert [int(c) for c, _ in ERROR_PAGE.findall(server_block)] == list(JSON_ERROR_CODES)
+    fast_block = conf[conf.index('location ~ "^/vimeo/api/v1\\.0/(?:file|v)'):conf.index("location @vimeo_app")]
+    assert [int(c) for c, _ in ERROR_PAGE.findall(fast_block)] == [c for c in JSON_ERROR_CODES if c not in (403, 500)]
+
+
+@pytest.mark.parametrize("code", JSON_ERROR_CODES)
+def test_each_location_returns_the_apps_phrase(conf, code):
+    match = locations(conf)[code]
+    assert int(match["code"]) == code
+    assert answer(match) == {"error": PHRASES[code], "message": expected_message(code), "request_id": REQUEST_ID}
+
+
+def test_the_413_message_names_the_limit(conf):
+    assert answer(locations(conf)[413])["message"].endswith(f" of {MAX_BODY} bytes.")
+
+
+@pytest.mark.parametrize("code", JSON_ERROR_CODES)
+def test_per_code_headers_are_unchanged(conf, code):
+    headers = locations(conf)[code]["headers"].strip()
+    if code == 416:
+        # nginx's 416 comes after the blob location's add_header ran (see nginx.conf).
+        assert headers == ""
+    elif code in RETRY_AFTER:
+        assert headers == f"{COMMON_HEADERS} add_header Retry-After {RETRY_AFTER[code]} always;"
+    else:
+        assert headers == COMMON_HEADERS
+
+
+def test_nginx_string_escapes_what_nginx_reads_as_an_escape():
+    text = "it's \\n a \"quote\" \\ here"
+    assert stack.nginx_string(text) == "it\\'s \\\\n a \"quote\" \\\\ here"
+    assert nginx_unquote(stack.nginx_string(text)) == text
+
+
+def test_a_dollar_in_an_error_text_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setitem(NGINX_MESSAGES, 400, "Costs $5.")
+    with pytest.raises(ValueError, match="400"):
+        render_nginx(settings_in(tmp_path))
+
+
+def test_the_running_nginx_answers_the_json_of_the_template(tmp_path, monkeypatch):
+    """Quotes and backslashes in a message reach the client as written, and nginx's own
+    errors carry the app's phrases: the internal location's 404, the body limit's 413 and
+    the 502 of an app that does not answer."""
+    tricky = "Nobody's here: \"x\" \\ y."
+    monkeypatch.setitem(NGINX_MESSAGES, 404, tricky)
+    settings = settings_in(tmp_path)
+    conf = write_nginx_conf(settings)
+    check_nginx_conf(conf, settings)
+    proc = spawn(nginx_command(conf, settings), {"PATH": "/usr/sbin:/usr/bin:/bin"}, tmp_path / "nginx.out")
+    base = f"http://{settings.listen}"
+    try:
+        wait_for_http(base + "/", procs=[proc])
+        cases = [
+            ("GET", "/_vimeo_blobs/x", None, 404, tricky),
+            ("PUT", "/vimeo/api/v1.0/upload/big.bin", b"x" * (MAX_BODY + 1), 413, expected_message(413)),
+            ("GET", "/vimeo/api/v1.0/file/" + "0" * 32, None, 502, expected_message(502)),
+        ]
+        for method, path, data, status, message in cases:
+            request = urllib.request.Request(base + path, data=data, method=method,
+                                             headers={"X-Request-Id": "ignored"})
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(request, timeout=10)
+            error = caught.value
+            body = error.read()
+            assert error.code == status, (path, body)
+            assert error.headers["Content-Type"] == "application/json"
+            assert error.headers["Cache-Control"] == "no-store"
+            request_id = error.headers["X-Request-Id"]
+            assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+            assert body.endswith(b"}\n")
+            assert json.loads(body) == {"error": PHRASES[status], "message": message, "request_id": request_id}
+            if status == 502:
+                assert error.headers["Retry-After"] == "5"
+            else:
+                assert error.headers["Retry-After"] is None
+    finally:
+        stop(proc)
