@@ -1,24 +1,27 @@
 #!/usr/bin/env python
-"""What one download costs inside the app, without HTTP servers: Flask's test client on a
-throwaway PostgreSQL database, metadata cache in Redis, X-Accel delivery.
+"""What each app-decided answer costs inside the app, without HTTP servers: Flask's test
+client on a throwaway PostgreSQL database, metadata cache and rate limits in Redis,
+X-Accel delivery (the stack's settings, bench/harness.py's redis_env).
 
-    .venv/bin/python bench/profile_download.py [--requests 500] [--profile] [--app-root DIR]
+    .venv/bin/python bench/profile_download.py [--requests 500] [--profile SCENARIO] [--app-root DIR]
 
-It uploads a 4 KiB file with ``X-Max-Downloads: 999999999`` (so every GET is decided and
-counted by the app: the path of limited files), warms up, and prints the mean wall time
-per GET, then the same for a 304 revalidation. ``--profile`` adds cProfile's 25 most
-expensive calls (cumulative) for the GETs. ``--app-root`` imports the app from another
-checkout (``git worktree add /tmp/before <commit>``), to compare a change with its parent
-in one sitting.
+Scenarios, each a 4 KiB file: ``limited`` (a large X-Max-Downloads: the app decides and
+counts every GET), ``password`` (unlimited, right X-Password), ``token`` (GET /t/<token>
+of a limited file), ``one-time`` (each request the first download of a fresh file),
+``304`` (If-None-Match of a public file) and ``404`` (an unknown hash, cached).
+
+For each it prints the mean wall time and the mean CPU time of this process per request
+(``time.process_time``: PostgreSQL's and Redis's own work is not in it, their round trips
+are in the wall time). ``--profile SCENARIO`` adds pyinstrument's tree of that scenario
+(wall clock). ``--app-root`` imports the app from another checkout (``git worktree add
+/tmp/before <commit>``), to compare a change with its parent in one sitting: run both, in
+alternation, a few times.
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
 import os
-import pstats
 import sys
 import time
 from pathlib import Path
@@ -28,20 +31,52 @@ sys.path.insert(0, str(ROOT))
 
 from bench.harness import create_database, delete_redis_keys, drop_database, redis_env  # noqa: E402
 
+API = "/vimeo/api/v1.0"
+SCENARIOS = ("limited", "password", "token", "one-time", "304", "404")
 
-def timed(client, url: str, n: int, headers: dict | None = None, expect: int = 200) -> float:
-    for _ in range(20):
-        assert client.get(url, headers=headers).status_code == expect
-    started = time.perf_counter()
-    for _ in range(n):
-        client.get(url, headers=headers)
-    return (time.perf_counter() - started) / n * 1000
+
+def prepare(client, name: str, n: int):
+    """(list of (url, headers, expected status)) for ``n`` timed requests plus warm-up."""
+    def up(headers):
+        answer = client.put(f"{API}/upload/a.bin", data=os.urandom(4096), headers=headers)
+        assert answer.status_code == 201, answer.data
+        return answer.json
+
+    if name == "limited":
+        body = up({"X-Max-Downloads": "999999999"})
+        return [(f"{API}/file/{body['filehash']}", {}, 200)] * n
+    if name == "password":
+        body = up({"X-Max-Downloads": "0", "X-Password": "s3cret"})
+        return [(f"{API}/file/{body['filehash']}", {"X-Password": "s3cret"}, 200)] * n
+    if name == "token":
+        body = up({"X-Max-Downloads": "999999999"})
+        token = client.post(f"{API}/file/{body['filehash']}/tokens", json={"expires_in": 3600},
+                            headers={"X-Owner-Token": body["owner_token"]}).json["token"]
+        return [(f"{API}/t/{token}", {}, 200)] * n
+    if name == "one-time":
+        return [(f"{API}/file/{up({})['filehash']}", {}, 200) for _ in range(n)]
+    if name == "304":
+        body = up({"X-Max-Downloads": "0"})
+        return [(f"{API}/file/{body['filehash']}", {"If-None-Match": body["etag"]}, 304)] * n
+    if name == "404":
+        return [(f"{API}/file/{os.urandom(16).hex()}", {}, 404)] * n
+    raise ValueError(name)
+
+
+def run(client, requests_) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    for url, headers, expected in requests_:
+        status = client.get(url, headers=headers).status_code
+        assert status == expected, (url, status, expected)
+    n = len(requests_)
+    return (time.perf_counter() - wall) / n * 1000, (time.process_time() - cpu) / n * 1000
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile", choices=SCENARIOS)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--app-root", type=Path, help="import vimeo_api from this checkout")
     args = parser.parse_args()
     if args.app_root:
@@ -57,24 +92,22 @@ def main() -> int:
     try:
         settings = {k[len("VIMEO_"):]: v for k, v in redis_env(prefix).items()}
         app = create_app({"DATABASE_URL": db_url, "STORAGE_DIR": str(storage), "DELIVERY": "accel",
-                          "EMBEDDED_SWEEP_INTERVAL": 0, **settings})
+                          "EMBEDDED_SWEEP_INTERVAL": 0, "UPLOAD_RATE_LIMIT": "1000000/minute", **settings})
         print(f"app from {Path(sys.modules['vimeo_api'].__file__).parent.parent}")
         client = app.test_client()
-        up = client.put("/vimeo/api/v1.0/upload/a.bin", data=os.urandom(4096),
-                        headers={"X-Max-Downloads": "999999999"}).json
-        url = "/vimeo/api/v1.0/file/" + up["filehash"]
-        print(f"app-decided GET: {timed(client, url, args.requests):.2f} ms per request ({args.requests} requests)")
-        print(f"304 revalidation: {timed(client, url, args.requests, {'If-None-Match': up['etag']}, 304):.2f} ms "
-              f"per request")
+        for name in args.scenarios.split(","):
+            run(client, prepare(client, name, 30))  # warm-up
+            wall, cpu = run(client, prepare(client, name, args.requests))
+            print(f"{name:<9} {wall:6.2f} ms wall  {cpu:6.2f} ms CPU per request ({args.requests} requests)")
         if args.profile:
-            profiler = cProfile.Profile()
-            profiler.enable()
-            for _ in range(args.requests):
-                client.get(url)
-            profiler.disable()
-            out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(25)
-            print(out.getvalue())
+            from pyinstrument import Profiler
+
+            requests_ = prepare(client, args.profile, args.requests)
+            profiler = Profiler(interval=0.0002)
+            profiler.start()
+            run(client, requests_)
+            profiler.stop()
+            print(profiler.output_text(unicode=True, color=False, show_all=False))
         with app.app_context():
             from vimeo_api.extensions import db
 

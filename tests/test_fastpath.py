@@ -165,7 +165,8 @@ def test_a_grant_made_from_stale_metadata_is_removed_again(app):
     so a state a writer changed meanwhile never keeps a grant."""
     client = app.test_client()
     up = upload(client, max_downloads="0")
-    client.get(f"{API}/file/{up['filehash']}")  # caches the metadata
+    client.get(f"{API}/file/{up['filehash']}")  # makes the grant
+    client.head(f"{API}/file/{up['filehash']}")  # caches the metadata (a plain GET reads the database)
     for grant in grants(app):
         os.unlink(grant)
     with app.app_context():

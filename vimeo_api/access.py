@@ -36,12 +36,42 @@ class Offer:
     klass: CacheClass
     consume: bool
     fresh: bool
+    # A download already used, in a transaction left open (claim_offer).
+    claimed: files.Consumed | None = None
 
 
 def file_offer(filehash: str, request: Request, *, fresh: bool = False) -> Offer:
     """``/file/<filehash>``: 404 → 410 → 401, then the file under its own class."""
     file = downloadable(filehash, request, fresh=fresh)
     return Offer(file, file, file_cache_class(file), consume=True, fresh=fresh)
+
+
+def claim_offer(filehash: str, request: Request) -> Offer | None:
+    """``/file/<filehash>`` for a plain GET (no password sent is needed, no precondition,
+    no Range): the cache may say 404 or 410 at once; otherwise, unless it knows of a
+    password, the download is claimed in one statement that reads the row too
+    (``files.claim_download``); a password the cache knows of is checked as usual. None:
+    take the long way (``file_offer``), on the database."""
+    if not _looks_like_filehash(filehash):
+        raise NotFound()
+    found, cached = metacache.peek(filehash)
+    if found:
+        if cached is None:
+            raise NotFound()
+        if not cached.is_available(utcnow()):
+            raise Gone()
+        if cached.password_hash is not None:
+            _check_password(cached, request)
+            return Offer(cached, cached, file_cache_class(cached), consume=True, fresh=False)
+    claimed = files.claim_download(filehash)
+    if claimed is None:
+        return None
+    file = metacache.FileMeta.of(claimed.row)
+    if cached is not None and not metacache.same_content(cached, file):
+        # The cache missed a change (a lost invalidation): the database answered; drop it.
+        metacache.invalidate(filehash)
+        metacache.mark_miss()
+    return Offer(file, file, file_cache_class(file), consume=False, fresh=True, claimed=claimed)
 
 
 def version_offer(version_id: str) -> Offer:
@@ -95,6 +125,12 @@ def downloadable(filehash: str, request: Request, *, fresh: bool = False) -> met
         raise NotFound()
     if not file.is_available(utcnow()):
         raise Gone()
+    _check_password(file, request)
+    return file
+
+
+def _check_password(file, request: Request) -> None:
+    """401 unless the request carries the file's password (429 past the guessing budget)."""
     if file.password_hash is not None:
         limits.check_password_attempts(file.filehash)
         if not _password_ok(file, supplied_password(request)):
@@ -104,7 +140,6 @@ def downloadable(filehash: str, request: Request, *, fresh: bool = False) -> met
                 # RFC 9110 §11.5: realm is always sent quoted; werkzeug would leave a token bare.
                 www_authenticate=WWWAuthenticate("basic", token=f'realm="{REALM}"'),
             )
-    return file
 
 
 def _password_ok(file, password: str | None) -> bool:

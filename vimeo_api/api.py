@@ -45,7 +45,10 @@ def upload_raw(filename):
 @bp.route("/file/<filehash>", methods=["GET", "HEAD"])
 def download(filehash):
     """404 → 410 → 401, then preconditions, range and the bytes (``downloads``)."""
-    return downloads.serve(lambda fresh: access.file_offer(filehash, request, fresh=fresh))
+    return downloads.serve(
+        lambda fresh: access.file_offer(filehash, request, fresh=fresh),
+        claim=lambda: access.claim_offer(filehash, request),
+    )
 
 
 # -- manage -------------------------------------------------------------------------

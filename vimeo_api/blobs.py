@@ -31,7 +31,8 @@ from .storage import UploadFile
 log = logging.getLogger(__name__)
 
 
-def _grace() -> timedelta:
+def grace() -> timedelta:
+    """How long bytes stay after their last user went (DELETE_GRACE_SECONDS)."""
     return timedelta(seconds=current_app.config["DELETE_GRACE_SECONDS"])
 
 
@@ -68,7 +69,7 @@ def release_ref(sha256: str, now: datetime) -> bool:
         .where(Blob.sha256 == sha256)
         .values(
             refcount=Blob.refcount - 1,
-            release_after=case((Blob.refcount <= 1, now + _grace()), else_=Blob.release_after),
+            release_after=case((Blob.refcount <= 1, now + grace()), else_=Blob.release_after),
         )
         .returning(Blob.refcount)
     ).first()
@@ -80,7 +81,7 @@ def release_refs(counts: Counter, now: datetime) -> None:
 
     Blob rows are locked in hash order first, so two sweeps cannot deadlock on them.
     """
-    grace = _grace()
+    delay = grace()
     db.session.execute(
         select(Blob.sha256).where(Blob.sha256.in_(sorted(counts))).order_by(Blob.sha256).with_for_update()
     )
@@ -93,7 +94,7 @@ def release_refs(counts: Counter, now: datetime) -> None:
             .where(Blob.sha256.in_(shas))
             .values(
                 refcount=Blob.refcount - n,
-                release_after=case((Blob.refcount <= n, now + grace), else_=Blob.release_after),
+                release_after=case((Blob.refcount <= n, now + delay), else_=Blob.release_after),
             )
         )
 

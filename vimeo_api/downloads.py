@@ -26,25 +26,45 @@ from werkzeug.exceptions import Gone, PreconditionFailed, RequestedRangeNotSatis
 
 from . import delivery, files, grants
 from .access import Offer
-from .http_semantics import decide
+from .http_semantics import Decision, decide, is_plain_get
 from .representation import CacheClass, content_headers, representation_of, validator_headers
 
 
-def serve(resolve: Callable[..., Offer]) -> Response:
+def serve(resolve: Callable[..., Offer], claim: Callable[[], Offer | None] | None = None) -> Response:
     """Answer a GET or HEAD of a download URL. ``resolve(fresh=...)`` is the access check
-    that names what the request may have (``access.file_offer`` and its kin)."""
-    offer = resolve(fresh=False)
-    response = _answer(offer)
-    if response is None and not offer.fresh:
-        offer = resolve(fresh=True)
+    that names what the request may have (``access.file_offer`` and its kin); ``claim()``
+    (``access.claim_offer``), where given, does the check and uses the download in one
+    statement for a plain GET, or says None: then ``resolve`` on the database."""
+    claiming = claim is not None and is_plain_get(request.method, request.headers)
+    # A claim that came back empty has just read the cache: the database says why.
+    offer = (claim() if claiming else None) or resolve(fresh=claiming)
+    if offer.claimed is not None:
+        response = _send_claimed(offer)
+    else:
         response = _answer(offer)
-    if response is None:
-        raise Gone()
+        if response is None and not offer.fresh:
+            offer = resolve(fresh=True)
+            response = _answer(offer)
+        if response is None:
+            raise Gone()
     if offer.klass is CacheClass.PUBLIC:
         grants.ensure_file(offer.resource, offer.klass)
     elif offer.klass is CacheClass.IMMUTABLE:
         grants.ensure_version((offer.resource, offer.file))
     return response
+
+
+def _send_claimed(offer: Offer) -> Response:
+    """The whole file, for a download already used in an open transaction: committed
+    once the sender found the bytes (missing bytes cost no download)."""
+    resource, decision, sender = offer.resource, Decision(200), delivery.current()
+    try:
+        blob = sender.prepare(resource.sha256, decision)
+    except BaseException:
+        files.abandon_claim()
+        raise
+    files.finish_claim(offer.claimed)
+    return sender.send(resource, blob, decision, content_headers(resource, offer.klass))
 
 
 def _answer(offer: Offer) -> Response | None:

@@ -21,7 +21,7 @@ from sqlalchemy.orm.util import identity_key
 
 from . import blobs, events, security
 from .extensions import db
-from .models import File, FileStatus, GoneReason, utcnow
+from .models import Blob, File, FileStatus, GoneReason, utcnow
 from .storage import UploadFile
 
 UNSET = object()
@@ -148,35 +148,119 @@ def update_options(file: File, options: Options) -> File:
     return file
 
 
-def _consume_statement():
+# What a download's UPDATE hands back about the file: FileMeta's fields (metacache.py),
+# so that a download claimed in one statement needs no other read (claim_download).
+_META_COLUMNS = (
+    "id", "filehash", "sha256", "size", "content_type", "filename", "modified_at", "expires_at",
+    "max_downloads", "downloads", "status", "gone_reason", "password_hash",
+)
+
+
+def _consume_statement(*, claim: bool):
     """The download-consuming UPDATE, built once: building this expression tree and
     running it through the ORM's bulk-update path cost about 5 ms per download, far more
     than PostgreSQL's work (PERFORMANCE.md). A Core statement on the table with bound
-    parameters is compiled once by SQLAlchemy's cache and executed as is."""
+    parameters is compiled once by SQLAlchemy's cache and executed as is.
+
+    ``claim``: the file is named by its filehash, must have no password, and the whole
+    file is counted as served (a plain GET: ``claim_download``); otherwise by id and the
+    content the request's preconditions were checked against."""
     t = File.__table__
     now = bindparam("now", type_=t.c.expires_at.type)
     last = (t.c.max_downloads > 0) & (t.c.downloads + 1 >= t.c.max_downloads)
+    where = [
+        t.c.status == FileStatus.AVAILABLE,
+        (t.c.max_downloads == 0) | (t.c.downloads < t.c.max_downloads),
+        t.c.expires_at.is_(None) | (t.c.expires_at > now),
+    ]
+    if claim:
+        where += [t.c.filehash == bindparam("claimed_filehash"), t.c.password_hash.is_(None)]
+        served = t.c.size
+        returning = [t.c[name] for name in _META_COLUMNS]
+    else:
+        where += [t.c.id == bindparam("file_id"), t.c.sha256 == bindparam("expected_sha256")]
+        served = bindparam("nbytes")
+        returning = [t.c.id, t.c.status, t.c.sha256, t.c.filehash]
     return (
         update(t)
-        .where(
-            t.c.id == bindparam("file_id"),
-            t.c.sha256 == bindparam("expected_sha256"),
-            t.c.status == FileStatus.AVAILABLE,
-            (t.c.max_downloads == 0) | (t.c.downloads < t.c.max_downloads),
-            t.c.expires_at.is_(None) | (t.c.expires_at > now),
-        )
+        .where(*where)
         .values(
             downloads=t.c.downloads + 1,
-            bytes_served=t.c.bytes_served + bindparam("nbytes"),
+            bytes_served=t.c.bytes_served + served,
             status=case((last, FileStatus.GONE), else_=t.c.status),
             gone_reason=case((last, GoneReason.DOWNLOADED), else_=t.c.gone_reason),
             gone_at=case((last, now), else_=t.c.gone_at),
         )
-        .returning(t.c.status, t.c.sha256, t.c.filehash)
+        .returning(*returning)
     )
 
 
-_CONSUME = _consume_statement()
+def _with_release(consume):
+    """PostgreSQL: the same UPDATE, and when it uses a file's last download, the release
+    of its content's reference, in one statement (data-modifying CTEs): a one-time
+    download is one round trip and one transaction. The file's row is locked before the
+    blob's, as everywhere else."""
+    consumed = consume.cte("consumed")
+    b = Blob.__table__
+    released = (
+        update(b)
+        .where(b.c.sha256 == consumed.c.sha256, consumed.c.status == FileStatus.GONE)
+        .values(
+            refcount=b.c.refcount - 1,
+            release_after=case((b.c.refcount <= 1, bindparam("release_after", type_=b.c.release_after.type)),
+                               else_=b.c.release_after),
+        )
+        .returning(b.c.refcount)
+        .cte("released")
+    )
+    return select(*consumed.c, select(released.c.refcount).scalar_subquery().label("refcount"))
+
+
+_CONSUME = _consume_statement(claim=False)
+_CLAIM = _consume_statement(claim=True)
+_CONSUME_PG = _with_release(_CONSUME)
+_CLAIM_PG = _with_release(_CLAIM)
+
+
+@dataclass
+class Consumed:
+    """A download used (committed), and what the domain will announce about it."""
+
+    file_id: int
+    filehash: str
+    sha256: str
+    gone: bool
+    released: bool
+    row: object = None  # the file's columns after the UPDATE (claim_download)
+
+    def announce(self) -> None:
+        if self.gone:
+            # Cached metadata must stop saying "available" (and HEAD must answer 410).
+            events.announce_files_changed([self.filehash], versions=False)
+        if self.released:
+            events.announce_blobs_released([self.sha256])
+
+
+def _consume(statement_sqlite, statement_pg, params: dict) -> Consumed | None:
+    """Run a consuming UPDATE in the session's transaction (not committed)."""
+    now = utcnow()
+    params["now"] = now
+    if db.session.get_bind().dialect.name == "postgresql":
+        params["release_after"] = now + blobs.grace()
+        row = db.session.execute(statement_pg, params).first()
+        released = row is not None and row.refcount is not None and row.refcount <= 0
+    else:
+        row = db.session.execute(statement_sqlite, params).first()
+        released = row is not None and row.status == FileStatus.GONE and blobs.release_ref(row.sha256, now)
+    if row is None:
+        db.session.rollback()
+        return None
+    # A Core statement leaves a loaded File of this row as it was (the session does not
+    # expire on commit): the next read must see the new count and status.
+    loaded = db.session.identity_map.get(identity_key(File, row.id))
+    if loaded is not None:
+        db.session.expire(loaded)
+    return Consumed(row.id, row.filehash, row.sha256, row.status == FileStatus.GONE, released, row)
 
 
 def consume_download(file_id: int, nbytes: int, sha256: str) -> bool:
@@ -184,24 +268,33 @@ def consume_download(file_id: int, nbytes: int, sha256: str) -> bool:
     expired, or changed content meanwhile): exactly one of many concurrent requests gets
     the last one. ``sha256`` is the content the request's preconditions were checked
     against; ``nbytes`` what it will send (counted in ``bytes_served``)."""
-    now = utcnow()
-    row = db.session.execute(_CONSUME, {"file_id": file_id, "expected_sha256": sha256, "nbytes": nbytes, "now": now}).first()
-    # A Core statement leaves a loaded File of this row as it was (the session does not
-    # expire on commit): the next read must see the new count and status.
-    loaded = db.session.identity_map.get(identity_key(File, file_id))
-    if loaded is not None:
-        db.session.expire(loaded)
-    if row is None:
-        db.session.rollback()
+    consumed = _consume(_CONSUME, _CONSUME_PG, {"file_id": file_id, "expected_sha256": sha256, "nbytes": nbytes})
+    if consumed is None:
         return False
-    released = row.status == FileStatus.GONE and blobs.release_ref(row.sha256, now)
     db.session.commit()
-    if row.status == FileStatus.GONE:
-        # Cached metadata must stop saying "available" (and HEAD must answer 410).
-        events.announce_files_changed([row.filehash], versions=False)
-    if released:
-        events.announce_blobs_released([row.sha256])
+    consumed.announce()
     return True
+
+
+def claim_download(filehash: str) -> Consumed | None:
+    """Use one download of the whole file at ``filehash`` if it needs no password and has
+    one left, in one statement that also returns the file's columns (``Consumed.row``):
+    a plain GET needs no other read. None when the statement matched nothing (unknown,
+    gone, expired, used up, or password-protected: the caller then asks the long way).
+
+    The transaction is left open: the caller commits with ``finish_claim`` once it has
+    found the bytes (missing bytes must cost no download), or rolls back."""
+    return _consume(_CLAIM, _CLAIM_PG, {"claimed_filehash": filehash})
+
+
+def finish_claim(consumed: Consumed) -> None:
+    db.session.commit()
+    consumed.announce()
+
+
+def abandon_claim() -> None:
+    """Undo a claimed download (its bytes could not be found)."""
+    db.session.rollback()
 
 
 def mark_gone(file_id: int, reason: str) -> bool:

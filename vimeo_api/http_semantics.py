@@ -294,6 +294,15 @@ class Decision:
         return size if self.status == 200 else 0
 
 
+_CONDITIONS = ("Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "If-Range")
+
+
+def is_plain_get(method: str, headers) -> bool:
+    """A GET whose answer is the whole representation whatever it is: no precondition and
+    no Range (``decide`` would say 200 of any representation)."""
+    return method.upper() == "GET" and not any(name in headers for name in _CONDITIONS)
+
+
 def decide(method: str, headers, rep: Representation) -> Decision:
     """Preconditions (RFC 9110 §13.2.2), then Range (§14), in one step."""
     verdict = evaluate_preconditions(method, headers, rep)

@@ -333,6 +333,27 @@ def lookup(filehash: str, load: Callable[[str], object | None], *, fresh: bool =
     return meta
 
 
+def peek(filehash: str) -> tuple[bool, FileMeta | None]:
+    """The cached answer for ``filehash`` without reading the database on a miss:
+    ``(True, meta)`` (``meta`` None: a cached 404) or ``(False, None)``. Marks the request
+    ``X-Cache: HIT`` or ``MISS``. A plain GET uses it before claiming its download in the
+    database, which reads the row itself (``files.claim_download``)."""
+    state = _state()
+    try:
+        if state.owes():
+            state.settle()
+        entry, file_epoch, global_epoch, nf_epoch = guarded(
+            cache.get_many, META + filehash, EPOCH + filehash, GLOBAL_EPOCH, NOT_FOUND_EPOCH
+        )
+        if state.shared_epoch_file:
+            file_epoch, global_epoch = LOCAL, _read_shared_epoch(state.shared_epoch_file)
+        found, meta = _use(entry, file_epoch, global_epoch, nf_epoch)
+    except CacheUnavailable:
+        found, meta = False, None
+    _mark(hit=found)
+    return found, meta
+
+
 def _use(entry, file_epoch, global_epoch, nf_epoch) -> tuple[bool, FileMeta | None]:
     """(True, meta) when the entry is current; (False, None) when it must be refilled."""
     if not (isinstance(entry, tuple) and len(entry) == 4):
@@ -374,6 +395,21 @@ def _create(key: str, ttl: int) -> str:
     if current is None:
         raise CacheUnavailable()  # it vanished again: do not cache this time
     return current
+
+
+def same_content(cached: FileMeta, current: FileMeta) -> bool:
+    """Whether a cached entry still describes the row's answer (its counters aside)."""
+    return all(getattr(cached, name) == getattr(current, name) for name in _ANSWER_FIELDS)
+
+
+_ANSWER_FIELDS = ("sha256", "size", "content_type", "filename", "modified_at", "expires_at",
+                  "max_downloads", "password_hash")
+
+
+def mark_miss() -> None:
+    """The answer came from the database after all (``X-Cache: MISS``)."""
+    if has_request_context():
+        g.vimeo_cache = "MISS"
 
 
 def _mark(hit: bool) -> None:

@@ -3,9 +3,11 @@
 period.
 
 The intent is already committed (refcount 0, ``release_after``), so a broker outage loses
-nothing: the periodic sweep finishes it. The caller is usually a request, so the attempt
-is bounded (``BROKER_TIMEOUT``), and after a failure this process leaves the broker alone
-for ``BROKER_RETRY_AFTER`` seconds (``breaker``) rather than make every download wait.
+nothing: the periodic sweep finishes it. In a request, the message is published once the
+answer has been sent (the download does not wait for the broker); the attempt is bounded
+(``BROKER_TIMEOUT``), and after a failure this process leaves the broker alone for
+``BROKER_RETRY_AFTER`` seconds (``breaker``). Without a broker (the embedded default) the
+sweep removes the bytes once the grace period is over.
 
 Tasks are found by name in the app's Celery registry, so this module does not import the
 task definitions (an interface of their own, ``tasks.py``).
@@ -14,8 +16,9 @@ task definitions (an interface of their own, ``tasks.py``).
 from __future__ import annotations
 
 import logging
+from functools import partial
 
-from flask import Flask, current_app
+from flask import Flask, after_this_request, current_app, has_request_context
 
 from . import events
 from .breaker import Breaker
@@ -33,8 +36,30 @@ def init_app(app: Flask) -> None:
 
 
 def _on_blobs_released(app: Flask, sha256s: list[str]) -> None:
+    if current_app.extensions["celery"].conf.task_always_eager:
+        # No broker (the embedded default): the task would run here and now, while the
+        # grace period has only begun, and find nothing to do. The sweep of each process
+        # removes the bytes once it is over; without a grace period, release at once.
+        if current_app.config["DELETE_GRACE_SECONDS"] <= 0:
+            for sha256 in sha256s:
+                queue_release(sha256)
+        return
+    if has_request_context():
+        # The intent is committed; publishing can wait until the answer is sent.
+        after_this_request(partial(_publish_after_response, app, list(sha256s)))
+        return
     for sha256 in sha256s:
         queue_release(sha256)
+
+
+def _publish_after_response(app: Flask, sha256s: list[str], response):
+    def publish():
+        with app.app_context():
+            for sha256 in sha256s:
+                queue_release(sha256)
+
+    response.call_on_close(publish)
+    return response
 
 
 def queue_release(sha256: str) -> None:
