@@ -8,27 +8,21 @@ this test's own on the shared server); outages on a redis-server of the test's o
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import logging
 import os
 import time
 
 import pytest
 import requests
-from sqlalchemy import create_engine, text
 
+from support import API
+from support.cache import counting_sql, redis_cache_config
+from support.database import empty_database
+from support.uploads import upload
 from vimeo_api import files, metacache
 from vimeo_api.extensions import cache, db
 from vimeo_api.metacache import FileMeta
 from vimeo_api.models import File, utcnow
-
-from cache_support import (  # noqa: F401  (fixtures)
-    API,
-    counting_sql,
-    private_redis,
-    redis_cache_config,
-    shared_redis_prefix,
-)
 
 
 @pytest.fixture(params=["sqlite+SimpleCache", "postgresql+Redis"])
@@ -38,13 +32,6 @@ def cached_app(request, make_app):
         prefix = request.getfixturevalue("shared_redis_prefix")
         return make_app(backend=backend, **redis_cache_config(prefix))
     return make_app(backend=backend)
-
-
-def upload(client, content: bytes = b"cached bytes\n", **fields) -> dict:
-    data = {"file": (io.BytesIO(content), "c.txt"), **{k: str(v) for k, v in fields.items()}}
-    answer = client.put(f"{API}/file", data=data, content_type="multipart/form-data")
-    assert answer.status_code == 201, answer.get_data()
-    return answer.get_json()
 
 
 def url(body: dict) -> str:
@@ -97,7 +84,7 @@ def test_304_head_404_410_and_401_run_no_sql_once_cached(cached_app):
 
 def test_a_get_that_sends_bytes_is_decided_by_the_database(cached_app):
     client = cached_app.test_client()
-    body = upload(client, max_downloads=3)
+    body = upload(client, b"cached bytes\n", max_downloads=3)
     assert client.head(url(body)).headers["X-Cache"] == "MISS"
     with counting_sql(cached_app) as sql:
         answer = client.get(url(body))
@@ -343,10 +330,7 @@ def test_owed_invalidations_are_written_by_the_retry_thread(make_app, private_re
 def emptied_afterwards(pg_url):
     """The session's PostgreSQL database as other tests expect it: no rows of ours left."""
     yield
-    engine = create_engine(pg_url)
-    with engine.begin() as conn:
-        conn.execute(text("TRUNCATE files, blobs, versions, api_tokens RESTART IDENTITY CASCADE"))
-    engine.dispose()
+    empty_database(pg_url)
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
@@ -355,9 +339,7 @@ def test_twenty_concurrent_downloads_of_a_cached_one_time_file(gunicorn_server, 
     config = redis_cache_config(shared_redis_prefix)
     server = gunicorn_server(workers=4, threads=8, **{f"VIMEO_{k}": v for k, v in config.items()})
     session = requests.Session()
-    created = session.put(f"{server.api}/file", files={"file": ("once.txt", b"exactly once")})
-    assert created.status_code == 201
-    link = f"{server.api}/file/{created.json()['filehash']}"
+    link = f"{server.api}/file/{upload(server, b'exactly once', 'once.txt')['filehash']}"
     # Cached in every worker's view (Redis is shared) before the race.
     heads = [session.head(link) for _ in range(8)]
     assert {h.status_code for h in heads} == {200}
@@ -380,8 +362,7 @@ def test_in_process_caches_of_several_workers_agree(gunicorn_server, backend):
     cache: a change made through one is seen by all (the shared epoch file)."""
     server = gunicorn_server(workers=4, threads=2)
     session = requests.Session()
-    created = session.put(f"{server.api}/file", files={"file": ("f.txt", b"first")}, data={"max_downloads": "0"})
-    body = created.json()
+    body = upload(server, b"first", "f.txt", max_downloads=0)
     link = f"{server.api}/file/{body['filehash']}"
     for _ in range(40):  # fill every worker's cache
         assert requests.head(link).status_code == 200

@@ -21,15 +21,16 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from .harness import API, _conftest
-from .test_nginx import SUCCESS_HEADERS, access_line, assert_json_error, get, once, upload
+from support import API, ROOT, SUCCESS_HEADERS
+from support.checks import assert_json_error, get, once
+from support.operators import bearer
+from support.uploads import upload
 
 CONTENT = bytes(range(256)) * 40  # 10 KiB
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def served(stack, response: requests.Response) -> str:
-    line = access_line(stack, response.headers["X-Request-Id"])
+    line = stack.access_line(response.headers["X-Request-Id"])
     return re.search(r" served=(\S+)", line).group(1)
 
 
@@ -161,7 +162,7 @@ def test_other_spellings_of_the_url_go_to_the_app(stack):
         conn.close()
         if "." not in path:  # the app does not resolve dot segments: 404, as before
             assert (raw.status, content) == (200, CONTENT), path
-        line = access_line(stack, request_id)
+        line = stack.access_line(request_id)
         assert " served=/f/" not in line, path
 
 
@@ -244,8 +245,6 @@ def test_patch_expiry_gives_the_fast_path_a_new_grant(stack):
     lambda body: {"type": "all"},
 ])
 def test_purge_sends_the_next_request_to_the_app(stack, purge):
-    from cache_support import bearer
-
     token = stack_operator_token(stack, "cache:purge")
     body = public(stack)
     path = f"/file/{body['filehash']}"
@@ -290,7 +289,7 @@ def test_grant_locations_are_internal(stack):
 
 
 def stack_operator_token(stack, scope: str) -> str:
-    target = stack.target(_conftest().HttpTarget)
+    target = stack.target()
     try:
         return target.operator_token(scope)
     finally:
