@@ -18,6 +18,7 @@ import requests
 from support import API
 from support.cache import counting_sql, redis_cache_config
 from support.database import empty_database
+from support.polling import wait_until
 from support.uploads import upload
 from vimeo_api import files, metacache
 from vimeo_api.extensions import cache, db
@@ -263,9 +264,9 @@ def test_redis_stopped_every_answer_is_right_then_hit_again(make_app, private_re
     assert len(warnings) == 1
 
     private_redis.start()
-    time.sleep(2.1)  # CACHE_RETRY_AFTER
-    client.head(url(public))
-    assert client.head(url(public)).headers["X-Cache"] == "HIT"
+    # Back in use once CACHE_RETRY_AFTER is over: the first HEAD after it fills the
+    # entry, the next one reads it.
+    wait_until(lambda: client.head(url(public)).headers["X-Cache"] == "HIT", 2 + 5, "the cache was not used again")
     assert client.head(url(one_time)).status_code == 410
 
 
@@ -290,10 +291,15 @@ def test_a_hung_redis_costs_little_and_owed_invalidations_land_when_it_is_back(m
     with app.app_context():
         assert app.extensions["vimeo_metacache"].owes()
 
-    # Back: the owed invalidation is written before the cache is read again.
-    time.sleep(0.6)
-    answer = client.head(url(body))
-    assert answer.status_code == 410
+    # Back: the owed invalidation is written before the cache is read again (by the
+    # retry thread, or by the first request after CACHE_RETRY_AFTER). Every answer until
+    # the cache answers again is checked: none is the 200 the frozen Redis still holds.
+    def answered_from_the_cache() -> bool:
+        answer = client.head(url(body))
+        assert answer.status_code == 410
+        return answer.headers["X-Cache"] == "HIT"
+
+    wait_until(answered_from_the_cache, 0.5 + 5, "the cache was not used again")
     with app.app_context():
         assert not app.extensions["vimeo_metacache"].owes()
     assert client.head(url(body)).headers["X-Cache"] == "HIT"
@@ -315,10 +321,7 @@ def test_owed_invalidations_are_written_by_the_retry_thread(make_app, private_re
     state = app.extensions["vimeo_metacache"]
     assert state.owes()
     private_redis.start()
-    deadline = time.monotonic() + 5
-    while state.owes() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not state.owes()
+    wait_until(lambda: not state.owes(), 5, "the retry thread did not write the owed invalidation", interval=0.1)
     # Another process on the same Redis and database, which owes nothing itself.
     other = outage_app(make_app, private_redis).test_client()
     assert other.head(url(body)).status_code == 410

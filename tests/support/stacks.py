@@ -29,10 +29,11 @@ from deploy.stack import (
 
 from . import API, FAST_PASSWORD_HASH, PUBLIC_URL, SHARED_REDIS
 from .database import empty_tables
-from .logs import complete_lines, complete_text
+from .logs import complete_lines, complete_text, wait_for_lines
 from .polling import eventually
 from .services import (
     PrivatePostgres,
+    READY_PATH,
     PrivateRedis,
     Service,
     clean_environment,
@@ -88,12 +89,33 @@ class NginxStack:
     def app_log(self) -> str:
         return complete_text(self.log_dir / "gunicorn.log")
 
+    def fast_downloads(self) -> list[str]:
+        """nginx.conf's log of the downloads it answered on the fast path."""
+        return complete_lines(self.log_dir / FAST_DOWNLOADS_LOG)
+
     def access_line(self, request_id: str) -> str:
         """nginx's access-log line of one request (written just after its answer)."""
         path = self.log_dir / "access.log"
         found = eventually(lambda: [line for line in complete_lines(path) if f"rid={request_id} " in line])
         assert len(found) == 1, self.access_log()[-2000:]
         return found[0]
+
+    def app_line(self, request_id: str) -> str:
+        """gunicorn's access-log line of one request through nginx (its X-Request-Id)."""
+        return wait_for_lines(self.log_dir / "gunicorn.log", lambda line: line.endswith(" " + request_id),
+                              timeout=5)[0]
+
+    def settled_app_log(self) -> str:
+        """The app's log once every request answered so far is in it.
+
+        gunicorn writes a request's line just after its answer, so no wait for a
+        particular line can show that no more are coming. A request sent after all
+        the others (straight to gunicorn, about no file) is: once its line is complete,
+        the lines of the requests answered before it are written too.
+        """
+        marker = requests.get(self.app_base + READY_PATH, timeout=10)
+        self.app_line(marker.headers["X-Request-Id"])
+        return self.app_log()
 
     def start_gunicorn(self) -> None:
         self.services["gunicorn"] = start_gunicorn(self.env, self.log_dir / "gunicorn.log")
