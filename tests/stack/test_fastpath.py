@@ -122,26 +122,26 @@ def test_fast_answers_equal_the_apps_for_every_request_they_take(stack, kind):
     assert once(fast, "Cache-Control") == expected_class
 
 
-@pytest.mark.parametrize("headers", [
-    {"If-None-Match": "ETAG"},
-    {"If-Match": "ETAG"},
-    {"If-Modified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"},
-    {"If-Unmodified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"},
-    {"Range": "bytes=5-9"},
-    {"Range": "bytes=0-1,5-6"},
-    {"Range": "bytes=20000-"},
-    {"Range": "bytes=0-4", "If-Range": "ETAG"},
-    {"X-Password": "anything"},
-    {"Authorization": "Basic dXNlcjpwdw=="},
+@pytest.mark.parametrize("headers, status", [
+    ({"If-None-Match": "ETAG"}, 304),
+    ({"If-Match": "ETAG"}, 200),
+    ({"If-Modified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"}, 200),
+    ({"If-Unmodified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"}, 412),
+    ({"Range": "bytes=5-9"}, 206),
+    ({"Range": "bytes=0-1,5-6"}, 206),
+    ({"Range": "bytes=20000-"}, 416),
+    ({"Range": "bytes=0-4", "If-Range": "ETAG"}, 206),
+    ({"X-Password": "anything"}, 200),  # the file has no password: the header is ignored
+    ({"Authorization": "Basic dXNlcjpwdw=="}, 200),  # the same, sent the Basic way
 ])
-def test_requests_the_fast_path_cannot_answer_exactly_go_to_the_app(stack, headers):
+def test_requests_the_fast_path_cannot_answer_exactly_go_to_the_app(stack, headers, status):
     body = public(stack)
     path = f"/file/{body['filehash']}"
     hot(stack, path)
     headers = {k: v.replace("ETAG", body["etag"]) for k, v in headers.items()}
     answer = get(stack, path, headers)
     assert not by_nginx(stack, answer), headers
-    assert answer.status_code in (200, 206, 304, 412, 416), answer.text
+    assert answer.status_code == status, answer.text
     # A HEAD with a Range: the app ignores it (RFC 9110 §14.2), nginx would not.
     if "Range" in headers:
         assert not by_nginx(stack, get(stack, path, {"Range": headers["Range"]}, method="HEAD"))
