@@ -7,6 +7,8 @@
 - ``support.services``: processes of our own (gunicorn, Celery, redis-server, a
   PostgreSQL cluster), built on deploy/stack.py's ``spawn``/``stop``/``free_port``;
 - ``support.stacks``: nginx in front of gunicorn, and gunicorn with Celery workers;
+- ``support.checks``: requests and checks on answers over real HTTP (one header
+  value, a JSON error on the wire);
 - ``support.database``, ``support.cache``, ``support.operators``: rows, Redis keys and
   operator tokens behind the answers;
 - ``support.logs`` and ``support.polling``: reading what another process wrote, only
