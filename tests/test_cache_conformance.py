@@ -8,13 +8,8 @@ checked on the answers the app gives itself (HEAD, 304, 404, 410, 401).
 
 from __future__ import annotations
 
-from cache_support import bearer
-
-
-def uploaded(target, content: bytes = b"conformant\n", **fields) -> dict:
-    answer = target.upload(content, **fields)
-    assert answer.status == 201, answer
-    return answer.json()
+from support.operators import bearer
+from support.uploads import upload
 
 
 def path(body: dict) -> str:
@@ -22,8 +17,8 @@ def path(body: dict) -> str:
 
 
 def test_cached_answers_are_marked_and_equal_to_uncached(target):
-    public = uploaded(target, max_downloads=0)
-    gone = uploaded(target, b"gone", max_downloads=0)
+    public = upload(target, max_downloads=0)
+    gone = upload(target, b"gone", max_downloads=0)
     target.request("DELETE", path(gone), headers={"X-Owner-Token": gone["owner_token"]})
     unknown = "/file/" + "c" * 32
     for name, method, where, headers, status in [
@@ -43,7 +38,7 @@ def test_cached_answers_are_marked_and_equal_to_uncached(target):
 
 
 def test_a_one_time_file_cached_before_its_download_is_gone_after(target):
-    body = uploaded(target, b"one time only")
+    body = upload(target, b"one time only")
     assert target.request("HEAD", path(body)).status == 200
     assert target.request("HEAD", path(body)).headers["X-Cache"] == "HIT"
     answer = target.request("GET", path(body))
@@ -54,7 +49,7 @@ def test_a_one_time_file_cached_before_its_download_is_gone_after(target):
 
 
 def test_changes_are_seen_at_once(target):
-    body = uploaded(target, b"version one", max_downloads=0)
+    body = upload(target, b"version one", max_downloads=0)
     owner = {"X-Owner-Token": body["owner_token"]}
     target.request("HEAD", path(body))
     assert target.request("GET", path(body), headers={"If-None-Match": body["etag"]}).status == 304
@@ -75,7 +70,7 @@ def test_changes_are_seen_at_once(target):
 
 def test_purge(target):
     token = target.operator_token("cache:purge")
-    body = uploaded(target, max_downloads=0)
+    body = upload(target, max_downloads=0)
     target.request("HEAD", path(body))
     assert target.request("HEAD", path(body)).headers["X-Cache"] == "HIT"
     answer = target.request("POST", "/purge", json={"type": "url", "items": [body["url"]]}, headers=bearer(token))
@@ -98,7 +93,7 @@ def test_purge(target):
 
 
 def test_ten_wrong_passwords_then_429(target):
-    body = uploaded(target, password="right", max_downloads=0)
+    body = upload(target, password="right", max_downloads=0)
     for _ in range(10):
         assert target.request("GET", path(body), headers={"X-Password": "wrong"}).status == 401
     answer = target.request("GET", path(body), headers={"X-Password": "right"})

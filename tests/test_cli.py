@@ -10,9 +10,11 @@ import json
 import os
 from datetime import timedelta
 
-from cache_support import private_redis  # noqa: F401  (fixture)
-from ops_helpers import API, operator_token, upload
 from sqlalchemy import text
+
+from support import API
+from support.operators import operator_token
+from support.uploads import upload
 
 from vimeo_api.extensions import db
 from vimeo_api.models import utcnow

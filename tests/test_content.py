@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+
+from support.polling import wait_until
+from support.uploads import upload
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 TOKEN_CLASS = "private, no-store, no-cache, must-revalidate"
@@ -22,7 +24,7 @@ def _blob_files(target) -> list[Path]:
 
 
 def test_a_published_version_keeps_its_bytes_after_the_file_is_replaced(target):
-    up = target.upload(b"first content", "doc.txt", max_downloads=0, password="pw").json()
+    up = upload(target, b"first content", "doc.txt", max_downloads=0, password="pw")
     published = target.request("POST", f"/file/{up['filehash']}/versions", headers=_owner(up))
     assert published.status == 201
     body = published.json()
@@ -49,7 +51,7 @@ def test_a_published_version_keeps_its_bytes_after_the_file_is_replaced(target):
 
 
 def test_a_version_answers_conditional_and_range_requests(target):
-    up = target.upload(b"0123456789abcdef", "v.bin", max_downloads=1).json()
+    up = upload(target, b"0123456789abcdef", "v.bin", max_downloads=1)
     url = target.request("POST", f"/file/{up['filehash']}/versions", headers=_owner(up)).json()["url"]
     assert target.request("GET", url, headers={"If-None-Match": up["etag"]}).status == 304
     part = target.request("GET", url, headers={"Range": "bytes=2-5"})
@@ -65,7 +67,7 @@ def test_a_version_answers_conditional_and_range_requests(target):
 
 
 def test_deleting_the_file_retires_its_versions(target):
-    up = target.upload(b"soon gone", "g.txt", max_downloads=0).json()
+    up = upload(target, b"soon gone", "g.txt", max_downloads=0)
     url = target.request("POST", f"/file/{up['filehash']}/versions", headers=_owner(up)).json()["url"]
     assert target.request("DELETE", f"/file/{up['filehash']}", headers=_owner(up)).status == 202
     gone = target.request("GET", url)
@@ -74,7 +76,7 @@ def test_deleting_the_file_retires_its_versions(target):
 
 
 def test_publishing_needs_the_owner(target):
-    up = target.upload(b"x", "x.txt").json()
+    up = upload(target, b"x", "x.txt")
     assert target.request("POST", f"/file/{up['filehash']}/versions").status == 401
     assert target.request("POST", f"/file/{up['filehash']}/versions", headers={"X-Owner-Token": "nope"}).status == 403
     assert target.request("POST", f"/file/{'0' * 32}/versions", headers=_owner(up)).status == 404
@@ -83,8 +85,8 @@ def test_publishing_needs_the_owner(target):
 
 def test_identical_bytes_are_stored_once_and_outlive_one_deletion(target):
     content = os.urandom(2048)
-    a = target.upload(content, "a.bin", max_downloads=0).json()
-    b = target.upload(content, "b.bin", max_downloads=0).json()
+    a = upload(target, content, "a.bin", max_downloads=0)
+    b = upload(target, content, "b.bin", max_downloads=0)
     assert a["sha256"] == b["sha256"]
     assert len(_blob_files(target)) == 1
     assert target.sql("select refcount from blobs")[0][0] == 2
@@ -96,7 +98,7 @@ def test_identical_bytes_are_stored_once_and_outlive_one_deletion(target):
 
 
 def test_a_token_url_serves_the_file_until_it_expires(target):
-    up = target.upload(b"token me", "t.txt", max_downloads=0).json()
+    up = upload(target, b"token me", "t.txt", max_downloads=0)
     issued = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up), json={"expires_in": 60})
     assert issued.status == 201
     body = issued.json()
@@ -110,7 +112,7 @@ def test_a_token_url_serves_the_file_until_it_expires(target):
 
 
 def test_tokens_use_downloads_like_any_other(target):
-    up = target.upload(b"once", "once.txt", max_downloads=1).json()
+    up = upload(target, b"once", "once.txt", max_downloads=1)
     url = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up)).json()["url"]
     assert target.request("GET", url).status == 200
     assert target.request("GET", url).status == 410
@@ -118,31 +120,38 @@ def test_tokens_use_downloads_like_any_other(target):
 
 
 def test_a_tampered_token_is_401_and_an_expired_one_403(target):
-    up = target.upload(b"t", "t.txt", max_downloads=0).json()
+    up = upload(target, b"t", "t.txt", max_downloads=0)
     token = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up)).json()["token"]
     tampered = token[:-1] + ("A" if token[-1] != "A" else "B")
     r = target.request("GET", "/t/" + tampered)
     assert r.status == 401
     assert r.json()["error"] == "Unauthorized"
-    # a token that expired: issued for 1 s, then let lapse
+    # a token that expired: issued for 1 s, then let lapse (the stack's clock is its
+    # own process's: asked until it answers otherwise, every answer before is a 200)
     short = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up), json={"expires_in": 1})
     expires_at = datetime.strptime(short.json()["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
     assert 0 < (expires_at - datetime.now(timezone.utc)).total_seconds() <= 2
-    time.sleep((expires_at - datetime.now(timezone.utc)).total_seconds() + 0.05)
-    r = target.request("GET", short.json()["url"])
+
+    def lapsed():
+        answer = target.request("GET", short.json()["url"])
+        assert answer.status in (200, 403), answer
+        return answer if answer.status != 200 else None
+
+    r = wait_until(lapsed, 2 + 5, "the token never expired", interval=0.1)
+    assert datetime.now(timezone.utc) >= expires_at
     assert r.status == 403
     assert r.json()["error"] == "Forbidden"
 
 
 def test_a_token_for_a_deleted_file_is_410(target):
-    up = target.upload(b"t", "t.txt", max_downloads=0).json()
+    up = upload(target, b"t", "t.txt", max_downloads=0)
     url = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up)).json()["url"]
     target.request("DELETE", f"/file/{up['filehash']}", headers=_owner(up))
     assert target.request("GET", url).status == 410
 
 
 def test_the_password_may_issue_tokens_too(target):
-    up = target.upload(b"p", "p.txt", password="open sesame").json()
+    up = upload(target, b"p", "p.txt", password="open sesame")
     assert target.request("POST", f"/file/{up['filehash']}/tokens").status == 401
     assert target.request("POST", f"/file/{up['filehash']}/tokens", headers={"X-Password": "wrong"}).status == 401
     ok = target.request("POST", f"/file/{up['filehash']}/tokens", headers={"X-Password": "open sesame"})
@@ -153,7 +162,7 @@ def test_the_password_may_issue_tokens_too(target):
 
 @pytest.mark.parametrize("body", [{"expires_in": 0}, {"expires_in": "60"}, {"expires_in": 10**9}, ["x"]])
 def test_bad_token_requests_are_400(target, body):
-    up = target.upload(b"t", "t.txt").json()
+    up = upload(target, b"t", "t.txt")
     r = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up), json=body)
     assert r.status == 400
     assert r.json()["error"] == "Bad Request"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import errno
-import io
 import os
 
 import pytest
 from flask import g
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import BadRequest, MethodNotAllowed, RequestedRangeNotSatisfiable
+
+from support import API
+from support.uploads import upload
 
 from vimeo_api import files, storage
 from vimeo_api.errors import PHRASES, error_response
@@ -166,15 +168,10 @@ def test_request_id_is_echoed_or_made(flask_app):
 
 def test_missing_bytes_are_a_500_that_uses_no_download_and_hides_the_path(flask_app):
     client = flask_app.test_client()
-    answer = client.put(
-        "/vimeo/api/v1.0/file",
-        data={"file": (io.BytesIO(b"vanishing"), "v.txt")},
-        content_type="multipart/form-data",
-    )
-    body = answer.get_json()
+    body = upload(client, b"vanishing", "v.txt")
     with flask_app.app_context():
         os.unlink(storage.current().blob_path(body["sha256"]))
-    response = client.get(f"/vimeo/api/v1.0/file/{body['filehash']}")
+    response = client.get(f"{API}/file/{body['filehash']}")
     assert_shape(response, 500)
     assert flask_app.config["STORAGE_DIR"] not in response.get_data(as_text=True)
     assert body["sha256"] not in response.get_data(as_text=True)

@@ -8,18 +8,17 @@ record is found whichever worker answers.
 
 from __future__ import annotations
 
+import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
-from cache_support import private_redis  # noqa: F401  (fixture)
-from ops_helpers import free_port, live_operator_token
 
-ROOT = Path(__file__).resolve().parent.parent
+from deploy.stack import free_port, spawn, stop, wait_for_http
+from support import ROOT
+from support.operators import live_operator_token
+
 EXAMPLES = ROOT / "examples"
 SCRIPTS = sorted(p for p in EXAMPLES.glob("*.sh") if not p.name.startswith("_"))
 ROUTE_WORDS = {
@@ -54,20 +53,16 @@ def test_there_is_a_script_for_every_route_family():
 def wrong_server(tmp_path):
     """An HTTP server that is not the API (Python's static server on an empty directory)."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    (tmp_path / "www").mkdir()
+    proc = spawn(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path / "www")],
+        dict(os.environ), tmp_path / "http.server.log",
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/", timeout=10, procs=[proc])
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -97,14 +92,7 @@ def test_the_examples_against_gunicorn(gunicorn_server, private_redis):
     assert not failures, "\n\n".join(failures)
 
 
-def test_the_examples_through_the_nginx_stack(pg_url, tmp_path, private_redis):
-    from stack.harness import start_stack
-
-    stack = start_stack(tmp_path / "stack", pg_url, VIMEO_CACHE_TYPE="RedisCache",
-                        VIMEO_CACHE_REDIS_URL=private_redis.url())
-    try:
-        failures = run_all(stack.base, live_operator_token(stack.env))
-    finally:
-        stack.stop()
-        stack.reset()
+def test_the_examples_through_the_nginx_stack(private_redis, own_stack):
+    stack = own_stack(VIMEO_CACHE_TYPE="RedisCache", VIMEO_CACHE_REDIS_URL=private_redis.url())
+    failures = run_all(stack.base, live_operator_token(stack.env))
     assert not failures, "\n\n".join(failures)

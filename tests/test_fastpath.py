@@ -4,7 +4,6 @@ answers. tests/stack/test_fastpath.py runs the same through real nginx."""
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from datetime import datetime, timezone
@@ -13,21 +12,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from support import API
+from support.uploads import upload
 from vimeo_api import grants as grant_store
 from vimeo_api.extensions import db
-
-API = "/vimeo/api/v1.0"
 
 
 @pytest.fixture
 def app(make_app, backend):
     return make_app(DELIVERY="accel")
-
-
-def upload(client, content=b"shared bytes", **fields):
-    answer = client.put(API + "/file", data={"file": (io.BytesIO(content), "a.txt"), **fields})
-    assert answer.status_code == 201, answer.json
-    return answer.json
 
 
 def grants(app) -> list[Path]:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import time
 
-from cache_support import private_redis  # noqa: F401  (fixture)
-from ops_helpers import free_port
-
+from deploy.stack import free_port
 from vimeo_api import create_app
 
 ERROR_KEYS = {"error", "message", "request_id"}

@@ -5,27 +5,19 @@ that fails without failing requests."""
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import time
 
 import pytest
 
-from stack.harness import start_stack
+from support import API
+from support.cache import redis_cache_config
+from support.uploads import upload
 from vimeo_api import create_app
-
-from cache_support import API, private_redis, redis_cache_config, shared_redis_prefix  # noqa: F401
-
-
-def upload(client, content=b"limited", environ=None, **fields):
-    data = {"file": (io.BytesIO(content), "l.txt"), **{k: str(v) for k, v in fields.items()}}
-    return client.put(f"{API}/file", data=data, content_type="multipart/form-data", environ_base=environ or {})
 
 
 def guarded_file(client) -> dict:
-    answer = upload(client, password="right", max_downloads=0)
-    assert answer.status_code == 201
-    return answer.get_json()
+    return upload(client, b"limited", "l.txt", password="right", max_downloads=0)
 
 
 def from_address(address: str) -> dict:
@@ -96,7 +88,7 @@ def test_only_failed_attempts_count(limited_app):
 
 def test_files_without_a_password_are_not_limited(limited_app):
     client = limited_app.test_client()
-    body = upload(client, max_downloads=0).get_json()
+    body = upload(client, max_downloads=0)
     for _ in range(30):
         assert client.head(f"{API}/file/{body['filehash']}", headers={"X-Password": "x"}).status_code == 200
 
@@ -158,23 +150,23 @@ def test_uploads_per_client_address(make_app):
     app = make_app(UPLOAD_RATE_LIMIT="3/minute")
     client = app.test_client()
     here = from_address("192.0.2.40")
-    assert upload(client, environ=here).status_code == 201
+    assert upload(client, environ=here, expect=None).status_code == 201
     raw = client.put(f"{API}/upload/r.bin", data=b"raw", environ_base=here)
     assert raw.status_code == 201
     assert int(raw.headers["X-RateLimit-Remaining"]) == 1
-    assert upload(client, environ=here).status_code == 201
-    assert_429(upload(client, environ=here), 3)
+    assert upload(client, environ=here, expect=None).status_code == 201
+    assert_429(upload(client, environ=here, expect=None), 3)
     assert_429(client.put(f"{API}/upload/r.bin", data=b"raw", environ_base=here), 3)
     # Nothing else is counted against uploads, and other addresses upload on.
     assert client.get(f"{API}/file/{'0' * 32}", environ_base=here).status_code == 404
-    assert upload(client, environ=from_address("192.0.2.41")).status_code == 201
+    assert upload(client, environ=from_address("192.0.2.41"), expect=None).status_code == 201
 
 
 def test_an_upload_refused_with_429_leaves_nothing(make_app):
     app = make_app(UPLOAD_RATE_LIMIT="1/minute")
     client = app.test_client()
-    assert upload(client).status_code == 201
-    assert upload(client, b"x" * 100_000).status_code == 429
+    assert upload(client, expect=None).status_code == 201
+    assert upload(client, b"x" * 100_000, expect=None).status_code == 429
     from sqlalchemy import text
 
     from vimeo_api.extensions import db
@@ -190,7 +182,7 @@ def test_storage_down_never_500_and_guessing_stays_throttled(make_app, private_r
     client = app.test_client()
     link = f"{API}/file/{guarded_file(client)['filehash']}"
     private_redis.stop()
-    statuses = [upload(client).status_code for _ in range(3)]
+    statuses = [upload(client, expect=None).status_code for _ in range(3)]
     assert statuses == [201, 201, 201]
     for _ in range(10):
         assert client.get(link, headers={"X-Password": "guess"}).status_code == 401
@@ -213,16 +205,12 @@ def request_from(source: str, port: int, method: str, path: str, headers: dict) 
 
 
 @pytest.fixture
-def limited_stack(pg_url, tmp_path, private_redis):
+def limited_stack(private_redis, own_stack):
     """nginx + gunicorn with the stack's settings, limits counted in a Redis of our own."""
-    stack = start_stack(
-        tmp_path / "stack", pg_url,
+    return own_stack(
         VIMEO_RATELIMIT_STORAGE_URI=private_redis.url(2),
         VIMEO_CACHE_REDIS_URL=private_redis.url(1),
     )
-    yield stack
-    stack.stop()
-    stack.reset()
 
 
 def test_through_nginx_the_client_is_nginxs_peer(limited_stack):
@@ -244,16 +232,7 @@ def test_through_nginx_the_client_is_nginxs_peer(limited_stack):
 
 
 def _upload_over_http(port: int) -> dict:
-    import requests
-
-    answer = requests.put(
-        f"http://127.0.0.1:{port}{API}/file",
-        files={"file": ("n.txt", b"through nginx")},
-        data={"password": "right", "max_downloads": "0"},
-        timeout=30,
-    )
-    assert answer.status_code == 201, answer.text
-    return answer.json()
+    return upload(f"http://127.0.0.1:{port}", b"through nginx", "n.txt", password="right", max_downloads=0)
 
 
 def test_nginx_limit_req_is_a_coarse_outer_guard(limited_stack):

@@ -12,6 +12,9 @@ from pathlib import Path
 import requests
 from sqlalchemy import create_engine, text
 
+from support import API
+from support.uploads import upload
+
 
 def _count(db_url: str, statement: str) -> int:
     engine = create_engine(db_url)
@@ -29,9 +32,7 @@ def _stored_files(storage: str) -> list[Path]:
 
 def test_one_download_left_and_twenty_clients_exactly_one_wins(gunicorn_server, backend):
     server = gunicorn_server(workers=4, threads=8)
-    created = requests.put(server.api + "/file", files={"file": ("race.bin", os.urandom(4096))}, timeout=10)
-    assert created.status_code == 201
-    url = created.json()["url"]
+    url = upload(server, os.urandom(4096), "race.bin")["url"]
     barrier_sessions = [requests.Session() for _ in range(20)]
 
     def fetch(session):
@@ -54,12 +55,12 @@ def test_upload_cut_off_by_the_client_leaves_no_row_and_no_file(gunicorn_server,
     for request_head in (
         # raw body: says 1 MiB, sends 100 KiB, hangs up
         (
-            "PUT /vimeo/api/v1.0/upload/cut.bin HTTP/1.1\r\nHost: x\r\n"
+            f"PUT {API}/upload/cut.bin HTTP/1.1\r\nHost: x\r\n"
             "Content-Length: 1048576\r\n\r\n"
         ),
         # multipart: the file part never ends
         (
-            "PUT /vimeo/api/v1.0/file HTTP/1.1\r\nHost: x\r\n"
+            f"PUT {API}/file HTTP/1.1\r\nHost: x\r\n"
             "Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 1048576\r\n\r\n"
             "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cut.bin\"\r\n"
             "Content-Type: application/octet-stream\r\n\r\n"

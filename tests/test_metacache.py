@@ -8,27 +8,22 @@ this test's own on the shared server); outages on a redis-server of the test's o
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import logging
 import os
 import time
 
 import pytest
 import requests
-from sqlalchemy import create_engine, text
 
+from support import API
+from support.cache import counting_sql, redis_cache_config
+from support.database import empty_database
+from support.polling import wait_until
+from support.uploads import upload
 from vimeo_api import files, metacache
 from vimeo_api.extensions import cache, db
 from vimeo_api.metacache import FileMeta
 from vimeo_api.models import File, utcnow
-
-from cache_support import (  # noqa: F401  (fixtures)
-    API,
-    counting_sql,
-    private_redis,
-    redis_cache_config,
-    shared_redis_prefix,
-)
 
 
 @pytest.fixture(params=["sqlite+SimpleCache", "postgresql+Redis"])
@@ -38,13 +33,6 @@ def cached_app(request, make_app):
         prefix = request.getfixturevalue("shared_redis_prefix")
         return make_app(backend=backend, **redis_cache_config(prefix))
     return make_app(backend=backend)
-
-
-def upload(client, content: bytes = b"cached bytes\n", **fields) -> dict:
-    data = {"file": (io.BytesIO(content), "c.txt"), **{k: str(v) for k, v in fields.items()}}
-    answer = client.put(f"{API}/file", data=data, content_type="multipart/form-data")
-    assert answer.status_code == 201, answer.get_data()
-    return answer.get_json()
 
 
 def url(body: dict) -> str:
@@ -97,7 +85,7 @@ def test_304_head_404_410_and_401_run_no_sql_once_cached(cached_app):
 
 def test_a_get_that_sends_bytes_is_decided_by_the_database(cached_app):
     client = cached_app.test_client()
-    body = upload(client, max_downloads=3)
+    body = upload(client, b"cached bytes\n", max_downloads=3)
     assert client.head(url(body)).headers["X-Cache"] == "MISS"
     with counting_sql(cached_app) as sql:
         answer = client.get(url(body))
@@ -278,9 +266,9 @@ def test_redis_stopped_every_answer_is_right_then_hit_again(make_app, private_re
     assert len(warnings) == 1
 
     private_redis.start()
-    time.sleep(2.1)  # CACHE_RETRY_AFTER
-    client.head(url(public))
-    assert client.head(url(public)).headers["X-Cache"] == "HIT"
+    # Back in use once CACHE_RETRY_AFTER is over: the first HEAD after it fills the
+    # entry, the next one reads it.
+    wait_until(lambda: client.head(url(public)).headers["X-Cache"] == "HIT", 2 + 5, "the cache was not used again")
     assert client.head(url(one_time)).status_code == 410
 
 
@@ -305,10 +293,15 @@ def test_a_hung_redis_costs_little_and_owed_invalidations_land_when_it_is_back(m
     with app.app_context():
         assert app.extensions["vimeo_metacache"].owes()
 
-    # Back: the owed invalidation is written before the cache is read again.
-    time.sleep(0.6)
-    answer = client.head(url(body))
-    assert answer.status_code == 410
+    # Back: the owed invalidation is written before the cache is read again (by the
+    # retry thread, or by the first request after CACHE_RETRY_AFTER). Every answer until
+    # the cache answers again is checked: none is the 200 the frozen Redis still holds.
+    def answered_from_the_cache() -> bool:
+        answer = client.head(url(body))
+        assert answer.status_code == 410
+        return answer.headers["X-Cache"] == "HIT"
+
+    wait_until(answered_from_the_cache, 0.5 + 5, "the cache was not used again")
     with app.app_context():
         assert not app.extensions["vimeo_metacache"].owes()
     assert client.head(url(body)).headers["X-Cache"] == "HIT"
@@ -330,10 +323,7 @@ def test_owed_invalidations_are_written_by_the_retry_thread(make_app, private_re
     state = app.extensions["vimeo_metacache"]
     assert state.owes()
     private_redis.start()
-    deadline = time.monotonic() + 5
-    while state.owes() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not state.owes()
+    wait_until(lambda: not state.owes(), 5, "the retry thread did not write the owed invalidation", interval=0.1)
     # Another process on the same Redis and database, which owes nothing itself.
     other = outage_app(make_app, private_redis).test_client()
     assert other.head(url(body)).status_code == 410
@@ -345,10 +335,7 @@ def test_owed_invalidations_are_written_by_the_retry_thread(make_app, private_re
 def emptied_afterwards(pg_url):
     """The session's PostgreSQL database as other tests expect it: no rows of ours left."""
     yield
-    engine = create_engine(pg_url)
-    with engine.begin() as conn:
-        conn.execute(text("TRUNCATE files, blobs, versions, api_tokens RESTART IDENTITY CASCADE"))
-    engine.dispose()
+    empty_database(pg_url)
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
@@ -357,9 +344,7 @@ def test_twenty_concurrent_downloads_of_a_cached_one_time_file(gunicorn_server, 
     config = redis_cache_config(shared_redis_prefix)
     server = gunicorn_server(workers=4, threads=8, **{f"VIMEO_{k}": v for k, v in config.items()})
     session = requests.Session()
-    created = session.put(f"{server.api}/file", files={"file": ("once.txt", b"exactly once")})
-    assert created.status_code == 201
-    link = f"{server.api}/file/{created.json()['filehash']}"
+    link = f"{server.api}/file/{upload(server, b'exactly once', 'once.txt')['filehash']}"
     # Cached in every worker's view (Redis is shared) before the race.
     heads = [session.head(link) for _ in range(8)]
     assert {h.status_code for h in heads} == {200}
@@ -382,8 +367,7 @@ def test_in_process_caches_of_several_workers_agree(gunicorn_server, backend):
     cache: a change made through one is seen by all (the shared epoch file)."""
     server = gunicorn_server(workers=4, threads=2)
     session = requests.Session()
-    created = session.put(f"{server.api}/file", files={"file": ("f.txt", b"first")}, data={"max_downloads": "0"})
-    body = created.json()
+    body = upload(server, b"first", "f.txt", max_downloads=0)
     link = f"{server.api}/file/{body['filehash']}"
     for _ in range(40):  # fill every worker's cache
         assert requests.head(link).status_code == 200

@@ -4,7 +4,8 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT, migrate_database
+from support import ROOT
+from support.database import migrate_database
 
 
 def _db_check(url: str) -> subprocess.CompletedProcess:

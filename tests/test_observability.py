@@ -8,12 +8,24 @@ import json
 import logging
 
 import requests
-from ops_helpers import API, metric_samples, upload
+from prometheus_client.parser import text_string_to_metric_families
 
+from support import API
+from support.uploads import upload
 from vimeo_api import observability, sweep
 from vimeo_api.logs import JsonFormatter
 
 OWNER_SECRET_HEADER = "X-Owner-Token"
+
+
+def metric_samples(text: str, name: str) -> dict[tuple, float]:
+    """``{labels: value}`` of one metric family in a Prometheus text exposition."""
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                samples[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
 
 
 def counts(text: str, name: str) -> dict[tuple, float]:
@@ -127,12 +139,7 @@ def test_metrics_add_up_every_gunicorn_worker(gunicorn_server, tmp_path):
     # process that ever answered, the dead ones (child_exit) included.
     server = gunicorn_server(workers=2, threads=2, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
                              GUNICORN_CMD_ARGS="--max-requests 4 --max-requests-jitter 0")
-    session = requests.Session()
-    made = []
-    for i in range(6):
-        r = session.put(server.api + "/file", files={"file": (f"f{i}.txt", b"x" * (10 + i))}, data={"max_downloads": "0"})
-        assert r.status_code == 201
-        made.append(r.json())
+    made = [upload(server, b"x" * (10 + i), f"f{i}.txt", max_downloads=0) for i in range(6)]
     for file in made:
         # Fresh connections spread the requests over the workers.
         assert requests.get(file["url"], timeout=10).status_code == 200
@@ -229,8 +236,7 @@ def test_exceptions_are_one_json_line_too():
 
 def test_a_live_servers_log_never_shows_a_password_or_owner_token(gunicorn_server):
     server = gunicorn_server(workers=1, threads=2)
-    created = requests.put(server.api + "/file", files={"file": ("s.txt", b"live")},
-                           data={"password": "live-form-pw-77", "max_downloads": "0"}, timeout=10).json()
+    created = upload(server, b"live", "s.txt", password="live-form-pw-77", max_downloads=0)
     url = server.api + "/file/" + created["filehash"]
     assert requests.get(url + "?password=live-query-pw-88", timeout=10).status_code == 401
     assert requests.get(url + "?password=live-form-pw-77", timeout=10).status_code == 200

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-UPLOAD = "/vimeo/api/v1.0/upload/clip.bin"
+from support import API
+
+UPLOAD = API + "/upload/clip.bin"
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ops_helpers import live_operator_token
+from support import API
+from support.operators import live_operator_token
 
 from vimeo_api.openapi import document
 
@@ -60,7 +61,7 @@ def test_the_document_is_openapi_3_1_and_schemathesis_loads_it():
 
 
 def test_it_is_served_as_json(client, backend):
-    response = client.get("/vimeo/api/v1.0/openapi.json")
+    response = client.get(API + "/openapi.json")
     assert response.status_code == 200
     assert response.mimetype == "application/json"
     assert response.get_json() == json.loads((HERE.parent / "vimeo_api" / "openapi.json").read_text())

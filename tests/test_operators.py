@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-
-def bearer(secret: str) -> dict:
-    return {"Authorization": f"Bearer {secret}"}
+from support import API
+from support.operators import bearer
+from support.uploads import upload
 
 
 def test_pages_through_every_file_once_while_files_are_added(target):
     token = target.operator_token("files:read")
-    uploaded = {target.upload(f"file {i}".encode(), f"f{i}.txt").json()["filehash"] for i in range(5)}
+    uploaded = {upload(target, f"file {i}".encode(), f"f{i}.txt")["filehash"] for i in range(5)}
     seen, cursor, pages = [], None, 0
     while True:
         r = target.request("GET", "/files?limit=2" + (f"&cursor={cursor}" if cursor else ""), headers=bearer(token))
@@ -24,7 +24,7 @@ def test_pages_through_every_file_once_while_files_are_added(target):
         seen += [f["filehash"] for f in page["files"]]
         pages += 1
         if pages == 1:  # added while paging: must still be listed, exactly once
-            uploaded.add(target.upload(b"late", "late.txt").json()["filehash"])
+            uploaded.add(upload(target, b"late", "late.txt")["filehash"])
         cursor = page["next_cursor"]
         if cursor is None:
             break
@@ -35,8 +35,8 @@ def test_pages_through_every_file_once_while_files_are_added(target):
 
 def test_the_status_filter(target):
     token = target.operator_token("files:read")
-    kept = target.upload(b"kept", "k.txt", max_downloads=0).json()
-    used = target.upload(b"used", "u.txt").json()
+    kept = upload(target, b"kept", "k.txt", max_downloads=0)
+    used = upload(target, b"used", "u.txt")
     assert target.request("GET", used["url"]).status == 200
     available = target.request("GET", "/files?status=available", headers=bearer(token)).json()["files"]
     gone = target.request("GET", "/files?status=gone", headers=bearer(token)).json()["files"]
@@ -56,8 +56,8 @@ def test_bad_list_parameters_are_400(target, query):
 
 def test_stats_count_files_bytes_and_downloads(target):
     token = target.operator_token("stats:read")
-    a = target.upload(b"a" * 100, "a.bin").json()
-    target.upload(b"b" * 50, "b.bin", max_downloads=0)
+    a = upload(target, b"a" * 100, "a.bin")
+    upload(target, b"b" * 50, "b.bin", max_downloads=0)
     assert target.request("GET", a["url"]).status == 200
     stats = target.request("GET", "/stats", headers=bearer(token)).json()
     assert stats["files"] == {"available": {"files": 1, "bytes": 50}, "gone": {"files": 1, "bytes": 100}}
@@ -79,7 +79,7 @@ def test_tokens_need_the_right_scope(target):
 def test_an_operator_with_files_write_deletes_any_file(target):
     writer = target.operator_token("files:write")
     reader = target.operator_token("files:read")
-    up = target.upload(b"doomed", "d.txt", max_downloads=0).json()
+    up = upload(target, b"doomed", "d.txt", max_downloads=0)
     assert target.request("DELETE", f"/file/{up['filehash']}", headers=bearer(reader)).status == 403
     r = target.request("DELETE", f"/file/{up['filehash']}", headers=bearer(writer))
     assert r.status == 202
@@ -92,7 +92,7 @@ def test_tokens_commands_create_list_and_revoke(app, runner, client):
     assert created.exit_code == 0, created.output
     info = json.loads(created.output)
     assert info["scopes"] == ["files:read"] and info["token"].startswith("vmo_")
-    assert client.get("/vimeo/api/v1.0/files", headers=bearer(info["token"])).status_code == 200
+    assert client.get(API + "/files", headers=bearer(info["token"])).status_code == 200
 
     listed = runner.invoke(args=["tokens", "list", "--json"])
     assert listed.exit_code == 0
@@ -102,7 +102,7 @@ def test_tokens_commands_create_list_and_revoke(app, runner, client):
 
     revoked = runner.invoke(args=["tokens", "revoke", str(info["id"])])
     assert revoked.exit_code == 0
-    assert client.get("/vimeo/api/v1.0/files", headers=bearer(info["token"])).status_code == 401
+    assert client.get(API + "/files", headers=bearer(info["token"])).status_code == 401
     missing = runner.invoke(args=["tokens", "revoke", "999"])
     assert missing.exit_code != 0
     assert "no token with id 999" in missing.output

@@ -4,14 +4,12 @@ matches what was remembered for the old one."""
 
 from __future__ import annotations
 
-import io
-
 import pytest
 
+from support import API
+from support.uploads import upload
 from vimeo_api import security
 from vimeo_api.extensions import cache
-
-API = "/vimeo/api/v1.0"
 
 
 @pytest.fixture
@@ -28,15 +26,13 @@ def hashes(monkeypatch):
     return calls
 
 
-def upload(client, password="right one"):
-    answer = client.put(API + "/file", data={"file": (io.BytesIO(b"secret bytes"), "s.txt"),
-                                             "password": password, "max_downloads": "0"})
-    assert answer.status_code == 201
-    return answer.json
+def secret_file(client, password="right one") -> dict:
+    """An unlimited file behind ``password``."""
+    return upload(client, b"secret bytes", "s.txt", password=password, max_downloads=0)
 
 
 def test_a_right_password_is_hashed_once_then_remembered(client, hashes):
-    up = upload(client)
+    up = secret_file(client)
     url = f"{API}/file/{up['filehash']}"
     for _ in range(3):
         answer = client.get(url, headers={"X-Password": "right one"})
@@ -48,7 +44,7 @@ def test_a_right_password_is_hashed_once_then_remembered(client, hashes):
 
 
 def test_wrong_passwords_are_hashed_every_time(client, hashes):
-    up = upload(client)
+    up = secret_file(client)
     url = f"{API}/file/{up['filehash']}"
     assert client.get(url, headers={"X-Password": "right one"}).status_code == 200
     for _ in range(3):
@@ -57,7 +53,7 @@ def test_wrong_passwords_are_hashed_every_time(client, hashes):
 
 
 def test_a_changed_password_does_not_match_what_was_remembered(client, hashes):
-    up = upload(client)
+    up = secret_file(client)
     url = f"{API}/file/{up['filehash']}"
     assert client.get(url, headers={"X-Password": "right one"}).status_code == 200
     patched = client.patch(url, json={"password": "new one"}, headers={"X-Owner-Token": up["owner_token"]})
@@ -67,7 +63,7 @@ def test_a_changed_password_does_not_match_what_was_remembered(client, hashes):
 
 
 def test_the_cache_holds_no_password(app, client):
-    up = upload(client, password="findable-password")
+    up = secret_file(client, password="findable-password")
     assert client.get(f"{API}/file/{up['filehash']}", headers={"X-Password": "findable-password"}).status_code == 200
     with app.app_context():
         backend = cache.cache
@@ -78,7 +74,7 @@ def test_the_cache_holds_no_password(app, client):
 
 def test_ttl_zero_hashes_on_every_request(make_app, hashes):
     client = make_app(PASSWORD_CACHE_TTL=0).test_client()
-    up = upload(client)
+    up = secret_file(client)
     for _ in range(2):
         assert client.get(f"{API}/file/{up['filehash']}", headers={"X-Password": "right one"}).status_code == 200
     assert hashes == ["right one", "right one"]

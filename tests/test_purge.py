@@ -3,18 +3,14 @@
 
 from __future__ import annotations
 
-import io
 import time
 
 import pytest
 
-from cache_support import (  # noqa: F401  (fixtures)
-    API,
-    bearer,
-    private_redis,
-    redis_cache_config,
-    shared_redis_prefix,
-)
+from support import API
+from support.cache import redis_cache_config
+from support.operators import bearer
+from support.uploads import upload
 
 
 class FlaskOperator:
@@ -32,10 +28,8 @@ class FlaskOperator:
             _, self.token = create_token("purger", list(scopes or ["cache:purge"]))
 
     def upload(self, content=b"purge me", **fields) -> dict:
-        data = {"file": (io.BytesIO(content), "p.txt"), "max_downloads": "0", **fields}
-        answer = self.client.put(f"{API}/file", data=data, content_type="multipart/form-data")
-        assert answer.status_code == 201
-        return answer.get_json()
+        """An unlimited file (a purge is about files that stay available)."""
+        return upload(self.client, content, "p.txt", **{"max_downloads": 0, **fields})
 
     def head(self, filehash: str):
         return self.client.head(f"{API}/file/{filehash}")

@@ -1,1 +1,1 @@
-"""End-to-end tests through real nginx in front of real gunicorn (see harness.py)."""
+"""End-to-end tests through real nginx in front of real gunicorn (support/stacks.py starts them)."""

@@ -1,11 +1,10 @@
-"""Fixtures of the stack tests: the session's nginx + gunicorn (see harness.py), emptied
-before each test, and stacks of their own for tests that break one."""
+"""Fixture of the stack tests: the session's nginx + gunicorn (support.fixtures'
+``nginx_stack``), emptied before and after each test. Stacks of a test's own (to
+break one) come from ``own_stack``."""
 
 from __future__ import annotations
 
 import pytest
-
-from .harness import start_stack
 
 
 @pytest.fixture
@@ -14,19 +13,3 @@ def stack(nginx_stack):
     nginx_stack.reset()
     yield nginx_stack
     nginx_stack.reset()
-
-
-@pytest.fixture
-def own_stack(pg_url, tmp_path):
-    """Start a stack for this test alone (one that the test may break)."""
-    started = []
-
-    def start(**options):
-        s = start_stack(tmp_path / f"stack{len(started)}", pg_url, **options)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
-        s.reset()

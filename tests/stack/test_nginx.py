@@ -14,7 +14,6 @@ import json
 import os
 import re
 import secrets
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,80 +21,14 @@ import pytest
 import requests
 from werkzeug.http import http_date, parse_date
 
+from support import API, ERROR_KEYS, SUCCESS_HEADERS
+from support.checks import assert_json_error, get, once
+from support.polling import eventually
+from support.stacks import blob_path, files_in
+from support.uploads import upload
 from vimeo_api.http_semantics import Representation, evaluate_range
 
-from .harness import API
-
 MiB = 1024 * 1024
-ERROR_KEYS = {"error", "message", "request_id"}
-# Headers that must appear once on every success (SPEC 3.2), whoever sent it.
-SUCCESS_HEADERS = (
-    "Content-Type", "Content-Length", "ETag", "Last-Modified", "Accept-Ranges",
-    "X-Content-Type-Options", "Content-Disposition", "Cache-Control",
-)
-
-
-# -- helpers ---------------------------------------------------------------------------
-
-def upload(stack, content: bytes, filename: str = "data.bin", **fields) -> dict:
-    answer = requests.put(
-        stack.base + API + "/file",
-        files={"file": (filename, content)},
-        data={k: str(v) for k, v in fields.items()},
-        timeout=30,
-    )
-    assert answer.status_code == 201, answer.text
-    return answer.json()
-
-
-def get(stack, path: str, headers=None, base=None, method="GET") -> requests.Response:
-    return requests.request(method, (base or stack.base) + API + path, headers=headers, timeout=30)
-
-
-def once(response: requests.Response, name: str) -> str:
-    """The single value of a header that must not be repeated (requests would join
-    repeated lines with ", ", hiding a duplicate)."""
-    values = response.raw.headers.getlist(name)
-    assert len(values) == 1, f"{name}: {values}"
-    return values[0]
-
-
-def assert_json_error(response: requests.Response, status: int, phrase: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].split(";")[0] == "application/json"
-    body = response.json()
-    assert set(body) == ERROR_KEYS
-    assert body["error"] == phrase
-    assert body["message"]
-    assert body["request_id"] == once(response, "X-Request-Id")
-    assert "<html" not in response.text and "nginx" not in response.text
-    return body
-
-
-def eventually(check, timeout: float = 5.0):
-    """``check()``'s first truthy result. nginx and gunicorn write a log line, and nginx
-    removes a body file, just after the answer has reached the client."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return result
-
-
-def access_line(stack, request_id: str) -> str:
-    def lines():
-        return [line for line in stack.access_log().splitlines() if f"rid={request_id}" in line]
-
-    found = eventually(lines)
-    assert len(found) == 1, stack.access_log()[-2000:]
-    return found[0]
-
-
-def blob_path(stack, sha256: str) -> Path:
-    return Path(stack.storage_dir, "blobs", sha256[:2], sha256[2:4], sha256)
-
-
-def files_in(directory: Path) -> list[Path]:
-    return [p for p in directory.rglob("*") if p.is_file()] if directory.exists() else []
 
 
 # -- downloads: nginx sends the bytes --------------------------------------------------
@@ -121,7 +54,7 @@ def test_download_bytes_are_sent_by_nginx_after_the_apps_x_accel_redirect(stack)
     assert not [h for h in answer.headers if h.lower().startswith(("x-accel", "x-file-"))]
 
     # nginx served the blob: its log shows the internal location as the final URI...
-    line = access_line(stack, answer.headers["X-Request-Id"])
+    line = stack.access_line(answer.headers["X-Request-Id"])
     assert f"served=/_vimeo_blobs/{sha[:2]}/{sha[2:4]}/{sha} " in line
     assert " 200 " in line and f" {len(content)} " in line
     # ...and the app itself answers that request with X-Accel-Redirect and no bytes.
@@ -140,7 +73,7 @@ def test_one_time_download_through_nginx_then_gone(stack):
     first = get(stack, "/file/" + body["filehash"])
     assert (first.status_code, first.content) == (200, b"once only\n")
     assert once(first, "Cache-Control") == "private, no-store"
-    assert "served=/_vimeo_blobs/" in access_line(stack, first.headers["X-Request-Id"])
+    assert "served=/_vimeo_blobs/" in stack.access_line(first.headers["X-Request-Id"])
     assert_json_error(get(stack, "/file/" + body["filehash"]), 410, "Gone")
 
 
@@ -152,7 +85,7 @@ def test_head_is_answered_by_the_app_with_the_headers_of_get(stack):
     assert head.status_code == 200 and head.content == b""
     for name in SUCCESS_HEADERS:
         assert once(head, name) == once(got, name), name
-    assert "served=/vimeo/api/v1.0/file/" in access_line(stack, head.headers["X-Request-Id"])
+    assert "served=/vimeo/api/v1.0/file/" in stack.access_line(head.headers["X-Request-Id"])
 
 
 # -- HTTP semantics through nginx (beyond the conformance suite) -------------------------
@@ -174,7 +107,7 @@ def test_single_range_through_nginx(stack, unlimited_file):
     assert once(answer, "Content-Length") == "1024"
     assert once(answer, "ETag") == body["etag"]
     assert once(answer, "Accept-Ranges") == "bytes"
-    assert "served=/_vimeo_blobs/" in access_line(stack, answer.headers["X-Request-Id"])
+    assert "served=/_vimeo_blobs/" in stack.access_line(answer.headers["X-Request-Id"])
 
 
 def test_three_ranges_are_one_multipart_answer(stack, unlimited_file):
@@ -247,7 +180,7 @@ def test_whole_file_answers_to_a_range_request_are_sent_by_nginx(stack, unlimite
     for name in SUCCESS_HEADERS:
         once(answer, name)
     assert "Content-Range" not in answer.headers
-    assert "served=/_vimeo_whole/" in access_line(stack, answer.headers["X-Request-Id"])
+    assert "served=/_vimeo_whole/" in stack.access_line(answer.headers["X-Request-Id"])
 
 
 def test_if_range_through_nginx(stack, unlimited_file):
@@ -276,24 +209,24 @@ def test_conditional_answers_through_nginx(stack, unlimited_file):
     assert (matched.status_code, matched.content) == (200, content)
     for name in SUCCESS_HEADERS:
         once(matched, name)
-    assert "served=/vimeo/api/v1.0/file/" in access_line(stack, matched.headers["X-Request-Id"])
+    assert "served=/vimeo/api/v1.0/file/" in stack.access_line(matched.headers["X-Request-Id"])
 
     # nginx re-checks If-Unmodified-Since against the blob's mtime, which is never later
     # than Last-Modified: the same date passes both.
     unmodified = get(stack, url, {"If-Unmodified-Since": last_modified})
     assert (unmodified.status_code, unmodified.content) == (200, content)
-    assert "served=/_vimeo_blobs/" in access_line(stack, unmodified.headers["X-Request-Id"])
+    assert "served=/_vimeo_blobs/" in stack.access_line(unmodified.headers["X-Request-Id"])
     earlier = http_date(parse_date(last_modified) - timedelta(seconds=1))
     stale = get(stack, url, {"If-Unmodified-Since": earlier})
     assert_json_error(stale, 412, "Precondition Failed")
-    assert "ustatus=412" in access_line(stack, stale.headers["X-Request-Id"])  # the app's
+    assert "ustatus=412" in stack.access_line(stale.headers["X-Request-Id"])  # the app's
 
 
 def test_blob_mtime_is_never_later_than_last_modified(stack):
     content = os.urandom(1000)
     body = upload(stack, content, max_downloads=0)
     last_modified = parse_date(get(stack, "/file/" + body["filehash"], method="HEAD").headers["Last-Modified"])
-    assert blob_path(stack, body["sha256"]).stat().st_mtime <= last_modified.timestamp()
+    assert blob_path(stack.storage_dir, body["sha256"]).stat().st_mtime <= last_modified.timestamp()
 
 
 # -- nginx's own answers are the API's JSON errors ---------------------------------------
@@ -304,7 +237,7 @@ def test_nginx_413_is_json_and_leaves_nothing(stack):
         answer = requests.put(stack.base + API + route, timeout=60, **kwargs)
         body = assert_json_error(answer, 413, "Request Entity Too Large")
         # nginx answered before the app saw anything.
-        assert "ustatus=- urt=-" in access_line(stack, body["request_id"])
+        assert "ustatus=- urt=-" in stack.access_line(body["request_id"])
     assert eventually(lambda: files_in(stack.body_dir) == [])
     assert files_in(Path(stack.storage_dir, "blobs")) == []
 
@@ -354,7 +287,7 @@ def test_metrics_are_for_loopback_only(stack):
     assert body["error"] == "Forbidden" and set(body) == ERROR_KEYS
     # From 127.0.0.1 the request reaches the app (whatever it answers there).
     local = requests.get(stack.base + "/metrics", timeout=10)
-    assert "ustatus=- urt=-" not in access_line(stack, local.headers["X-Request-Id"])
+    assert "ustatus=- urt=-" not in stack.access_line(local.headers["X-Request-Id"])
 
 
 # -- logs ------------------------------------------------------------------------------
@@ -374,7 +307,7 @@ def test_a_query_password_reaches_no_log(stack):
 
     for answer in (right, wrong, unknown, raw):
         rid = answer.headers["X-Request-Id"]
-        access_line(stack, rid)  # nginx logged the request (path, no query)...
+        stack.access_line(rid)  # nginx logged the request (path, no query)...
         assert eventually(lambda: rid in stack.app_log())  # ...and the app, under nginx's id
     access, app_log = stack.access_log(), stack.app_log()
     assert f'"GET {API}{url} HTTP/1.1" 200' in access
@@ -386,7 +319,7 @@ def test_a_query_password_reaches_no_log(stack):
 def test_nginx_request_id_is_the_apps(stack):
     answer = get(stack, "/file/" + "f" * 32)
     body = assert_json_error(answer, 404, "Not Found")
-    line = access_line(stack, body["request_id"])
+    line = stack.access_line(body["request_id"])
     assert "ustatus=404" in line  # the app's answer, carrying nginx's $request_id
     assert re.fullmatch(r"[0-9a-f]{32}", body["request_id"])
 
@@ -402,7 +335,7 @@ def test_raw_upload_is_written_by_nginx_and_renamed_by_the_app(stack):
     assert body["size"] == len(content)
     assert body["sha256"] == hashlib.sha256(content).hexdigest()
     assert body["content_type"] == "video/mp4"
-    stored = blob_path(stack, body["sha256"])
+    stored = blob_path(stack.storage_dir, body["sha256"])
     assert stored.read_bytes() == content
     assert stored.stat().st_mode & 0o777 == 0o644
     assert eventually(lambda: files_in(stack.body_dir) == [])  # renamed: nothing for nginx to clean

@@ -1,14 +1,14 @@
 """Fixtures of the worker tests: a private PostgreSQL cluster for the session and a
-factory of stacks (see harness.py) that stops every process it started."""
+factory of worker stacks (support.stacks.WorkerStack) that stops every process it
+started."""
 
 from __future__ import annotations
 
 import pytest
 
-from .harness import PrivatePostgres, Stack
+from support.services import PrivatePostgres
+from support.stacks import WorkerStack
 
-
-# -- fixtures ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def private_postgres():
@@ -22,10 +22,10 @@ def private_postgres():
 @pytest.fixture(scope="module")
 def stack_factory(private_postgres, tmp_path_factory):
     """Build stacks for one test module; all of them are stopped when the module ends."""
-    stacks: list[Stack] = []
+    stacks: list[WorkerStack] = []
 
-    def build(name: str, pg: PrivatePostgres | None = None, **settings) -> Stack:
-        stack = Stack(tmp_path_factory.mktemp(name), pg or private_postgres, **settings)
+    def build(name: str, pg: PrivatePostgres | None = None, **settings) -> WorkerStack:
+        stack = WorkerStack(tmp_path_factory.mktemp(name), pg or private_postgres, **settings)
         stacks.append(stack)
         return stack
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 
-from .harness import assert_no_errors, dump, wait_until
+from support.polling import wait_until
+from support.stacks import assert_no_errors, dump
+from support.uploads import upload
 
 GRACE = 1
 VISIBILITY = 4  # seconds before Redis hands an unacknowledged message out again
@@ -23,7 +25,7 @@ def test_kill_9_inside_a_deletion_then_restart_completes_it_with_no_error_left(s
     doomed = stack.start_worker(test_release_delay=PAUSE)
 
     content = os.urandom(20_000)
-    created = stack.upload(content)
+    created = upload(stack, content)
     sha = created["sha256"]
     assert stack.http.get(created["url"], timeout=10).content == content
 

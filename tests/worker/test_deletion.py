@@ -13,7 +13,9 @@ import time
 
 import pytest
 
-from .harness import dump, wait_until
+from support.polling import wait_until
+from support.stacks import dump
+from support.uploads import upload
 
 GRACE = 2
 SWEEP_INTERVAL = 3
@@ -30,7 +32,7 @@ def stack(stack_factory):
 
 def test_a_one_time_file_loses_its_bytes_within_the_grace_period_after_its_download(stack):
     content = os.urandom(10_000)
-    created = stack.upload(content)
+    created = upload(stack, content)
     sha = created["sha256"]
     assert stack.blob_path(sha).read_bytes() == content
 
@@ -57,7 +59,7 @@ def test_a_one_time_file_loses_its_bytes_within_the_grace_period_after_its_downl
 
 def test_delete_answers_202_then_410_and_the_bytes_go_within_the_grace_period(stack):
     content = os.urandom(5_000)
-    created = stack.upload(content, max_downloads=0)
+    created = upload(stack, content, max_downloads=0)
     sha = created["sha256"]
 
     answer = stack.http.delete(created["url"], headers={"X-Owner-Token": created["owner_token"]}, timeout=10)
@@ -72,7 +74,7 @@ def test_delete_answers_202_then_410_and_the_bytes_go_within_the_grace_period(st
 
 def test_an_expired_file_answers_410_at_once_and_loses_its_bytes_at_the_next_sweep(stack):
     content = os.urandom(3_000)
-    created = stack.upload(content, max_downloads=0, expires_in="2s")
+    created = upload(stack, content, max_downloads=0, expires_in="2s")
     sha = created["sha256"]
     assert stack.http.get(created["url"], timeout=10).status_code == 200
 
@@ -101,9 +103,9 @@ def test_an_expired_file_answers_410_at_once_and_loses_its_bytes_at_the_next_swe
 
 def test_bytes_shared_by_two_files_go_only_when_neither_uses_them(stack):
     content = os.urandom(8_000)
-    one_time = stack.upload(content, filename="a.bin")
-    kept = stack.upload(content, filename="b.bin", max_downloads=0)
-    replaced = stack.upload(content, filename="c.bin", max_downloads=0)
+    one_time = upload(stack, content, "a.bin")
+    kept = upload(stack, content, "b.bin", max_downloads=0)
+    replaced = upload(stack, content, "c.bin", max_downloads=0)
     sha = one_time["sha256"]
     assert kept["sha256"] == sha == replaced["sha256"]
     assert stack.blob_row(sha).refcount == 3

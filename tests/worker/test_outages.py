@@ -15,7 +15,10 @@ import time
 
 import pytest
 
-from .harness import PrivatePostgres, dump, wait_until
+from support.polling import wait_until
+from support.services import PrivatePostgres
+from support.stacks import dump
+from support.uploads import upload
 
 GRACE = 2
 SWEEP_INTERVAL = 2
@@ -31,7 +34,7 @@ def test_broker_down_downloads_succeed_and_pending_deletions_complete_when_it_re
     beat = stack.start_beat()
     wait_until(lambda: "Sending due task sweep" in beat.log(), SWEEP_INTERVAL + 10, "beat never sent a sweep")
     contents = [os.urandom(4_000 + i) for i in range(4)]
-    created = [stack.upload(content) for content in contents]
+    created = [upload(stack, content) for content in contents]
 
     stack.redis.stop()
     outage_started = time.monotonic()
@@ -44,7 +47,7 @@ def test_broker_down_downloads_succeed_and_pending_deletions_complete_when_it_re
         assert time.monotonic() - started < 5
     # Uploads work too, and so does their own deletion's intent.
     late_content = os.urandom(3_000)
-    late = stack.upload(late_content)
+    late = upload(stack, late_content)
     assert stack.http.get(late["url"], timeout=30).content == late_content
     created.append(late)
     contents.append(late_content)
@@ -74,7 +77,7 @@ def test_broker_down_downloads_succeed_and_pending_deletions_complete_when_it_re
     # Once its back-off is over the web app queues releases again: the worker's task,
     # not only the sweep, removes a new file's bytes.
     time.sleep(RETRY_AFTER)
-    fresh = stack.upload(b"after the outage")
+    fresh = upload(stack, b"after the outage")
     assert stack.http.get(fresh["url"], timeout=10).status_code == 200
     wait_until(
         lambda: stack.task_lines(worker, "release_blob_task", "received"),
@@ -98,8 +101,8 @@ def test_database_down_answers_503_json_and_recovers_without_a_restart(stack_fac
     web = stack.start_web(workers=2, threads=4)
     worker = stack.start_worker()
     content = os.urandom(6_000)
-    unlimited = stack.upload(content, max_downloads=0)
-    one_time = stack.upload(os.urandom(2_000))
+    unlimited = upload(stack, content, max_downloads=0)
+    one_time = upload(stack, os.urandom(2_000))
     for _ in range(8):  # every gunicorn worker now holds pooled connections
         assert stack.http.get(unlimited["url"], timeout=10).status_code == 200
     # Its deletion is queued now and falls due while the database is down.
