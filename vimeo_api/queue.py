@@ -58,7 +58,12 @@ def _publish_after_response(app: Flask, sha256s: list[str], response):
             for sha256 in sha256s:
                 queue_release(sha256)
 
-    response.call_on_close(publish)
+    if response.direct_passthrough:
+        # werkzeug hands such a body (a file the server may sendfile) to the server as it
+        # is, without the wrapper that calls call_on_close's functions: publish now.
+        publish()
+    else:
+        response.call_on_close(publish)
     return response
 
 
