@@ -402,20 +402,20 @@ class OneTime:
         missing = sorted(path for path in paths if path.rsplit("/", 1)[1] not in downloads)
         over = sorted(path for path in paths if downloads.get(path.rsplit("/", 1)[1], 0) > 1)
         consumed = {path for path in paths if downloads.get(path.rsplit("/", 1)[1]) == 1}
-        unconsumed = sorted(served - consumed)
+        unconsumed = sorted(path for path in served if downloads.get(path.rsplit("/", 1)[1], 0) < 1)
         gave_up = consumed - served
         unexplained = sorted(path for path in gave_up if 499 not in statuses.get(path, []))
         problems = []
         if twice:
-            problems.append(f"{len(twice)} files answered 200 more than once (e.g. {twice[:3]})")
+            problems.append(f"{len(twice)} file(s) answered 200 more than once (e.g. {twice[:3]})")
         if missing:
-            problems.append(f"{len(missing)} listed files are not in the database (e.g. {missing[:3]})")
+            problems.append(f"{len(missing)} listed file(s) not in the database (e.g. {missing[:3]})")
         if over:
-            problems.append(f"{len(over)} files count more than one download (e.g. {over[:3]})")
+            problems.append(f"{len(over)} file(s) counting more than one download (e.g. {over[:3]})")
         if unconsumed:
-            problems.append(f"{len(unconsumed)} files answered 200 count no download (e.g. {unconsumed[:3]})")
+            problems.append(f"{len(unconsumed)} file(s) answered 200 counting no download (e.g. {unconsumed[:3]})")
         if unexplained:
-            problems.append(f"{len(unexplained)} files count a download without a 200 or a client that left "
+            problems.append(f"{len(unexplained)} file(s) counting a download without a 200 or a client that left "
                             f"(e.g. {unexplained[:3]}: {[statuses.get(path) for path in unexplained[:3]]})")
         if not report["ok"] <= len(served) <= report["ok"] + self.connections:
             problems.append(f"wrk counted {report['ok']} answers 200, nginx logged {len(served)} "
