@@ -37,8 +37,9 @@ stack: venv services nginx
 test: venv services nginx
 	$(BIN)/python -m pytest
 
-# Every benchmark scenario in one run, each against a baseline of the same run; writes
-# PERFORMANCE.md (between its bench:suite markers) and bench/suite.png. About 10 minutes.
+# Every benchmark scenario in one run, each against the baselines of the same run (raw
+# nginx with and without an access log, bench/baselines/' minimal Flask and FastAPI apps);
+# writes PERFORMANCE.md (between its bench:suite markers) and bench/suite.png. About 10 minutes.
 bench: venv services nginx
 	bash scripts/install-nginx wrk
 	$(BIN)/python bench/suite.py

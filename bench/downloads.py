@@ -42,11 +42,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.harness import (  # noqa: E402
     API,
+    Baselines,
     WrkScenario,
     app_env,
     create_database,
     drop_database,
     run_rounds,
+    start_broker,
+    start_celery_worker,
     start_gunicorn,
     start_nginx,
     static_path,
@@ -66,27 +69,47 @@ class Stack:
     app_gunicorn: subprocess.Popen
     nginx_proc: subprocess.Popen
     storage: Path
+    log_dir: Path  # nginx's logs (access.log)
+    accel_env: dict  # the X-Accel gunicorn's environment
+    celery_worker: subprocess.Popen | None = None
+    baselines: Baselines | None = None  # rendered into nginx; started by Baselines.start
 
 
 def start_stack(work: Path, db_url: str, procs: list, env_extra: dict | None = None,
-                max_body_size: int = 16 * MiB) -> Stack:
+                max_body_size: int = 16 * MiB, *, celery: bool = False, metrics: bool = False,
+                baselines: bool = False) -> Stack:
     """On a migrated database: gunicorn with ``VIMEO_DELIVERY=accel`` and the upload
-    offload behind nginx (the project's nginx.conf plus a plain ``location /static/`` on
-    the blobs), and a second gunicorn with ``VIMEO_DELIVERY=app``; both on one storage
-    directory and the project's gunicorn.conf.py defaults. Every process goes into
-    ``procs`` (the caller stops them)."""
+    offload behind nginx (the project's nginx.conf plus plain ``location /static/`` and
+    ``/static-nolog/`` on the blobs), and a second gunicorn with ``VIMEO_DELIVERY=app``;
+    both on one storage directory and the project's gunicorn.conf.py defaults. As
+    ``make stack`` runs it, on request: ``celery``, a broker (a redis-server of the run's
+    own, see start_broker) and a Celery worker, so releases are queued as in production
+    rather than run in the request; ``metrics``, Prometheus multiprocess mode (each
+    gunicorn its own ``PROMETHEUS_MULTIPROC_DIR``). ``baselines``: nginx gets the
+    upstreams and locations of bench/baselines/' apps (``Stack.baselines.start`` starts
+    them). Every process goes into ``procs`` (the caller stops them)."""
     storage = work / "storage"
     nginx_port, accel_port, app_port = free_port(), free_port(), free_port()
     public = f"http://127.0.0.1:{nginx_port}"
     extra = {"VIMEO_MAX_UPLOAD_SIZE": str(max_body_size), **(env_extra or {})}
+    if celery:
+        extra["VIMEO_BROKER_URL"] = start_broker(work, procs)
+
+    def metrics_dir(port: int) -> dict:
+        return {"PROMETHEUS_MULTIPROC_DIR": str(work / f"prometheus-{port}")} if metrics else {}
+
     accel_env = app_env(db_url, storage, public, f"127.0.0.1:{accel_port}",
-                        VIMEO_DELIVERY="accel", VIMEO_UPLOAD_OFFLOAD="1", **extra)
-    direct_env = app_env(db_url, storage, public, f"127.0.0.1:{app_port}", VIMEO_DELIVERY="app", **extra)
+                        VIMEO_DELIVERY="accel", VIMEO_UPLOAD_OFFLOAD="1", **extra, **metrics_dir(accel_port))
+    direct_env = app_env(db_url, storage, public, f"127.0.0.1:{app_port}", VIMEO_DELIVERY="app", **extra,
+                         **metrics_dir(app_port))
     accel = start_gunicorn(accel_env, work / f"gunicorn-{accel_port}.log", procs)
     direct = start_gunicorn(direct_env, work / f"gunicorn-{app_port}.log", procs)
+    worker = start_celery_worker(accel_env, work / "celery-worker.log", procs) if celery else None
+    apps = Baselines() if baselines else None
     nginx = start_nginx(work, "stack", nginx_port, accel_env["GUNICORN_BIND"], storage, accel_env, procs,
-                        static=True, max_body_size=max_body_size)
-    return Stack(public, f"http://127.0.0.1:{app_port}", accel, direct, nginx, storage)
+                        static=True, max_body_size=max_body_size, baselines=apps)
+    return Stack(public, f"http://127.0.0.1:{app_port}", accel, direct, nginx, storage, work / "log-stack",
+                 accel_env, worker, apps)
 
 
 def check(name: str, url: str, content: bytes | None, status: int = 200, headers: dict | None = None) -> requests.Response:

@@ -4,20 +4,27 @@
     .venv/bin/python bench/suite.py [--duration 10] [--rounds 2] [--quick] [--write | --no-write]
     make bench                      # the same, full length (installs wrk when missing)
 
-One private stack on free loopback ports, on a throwaway PostgreSQL database (dropped at
-the end) and a storage directory under var/: gunicorn (gunicorn.conf.py's defaults,
-``VIMEO_DELIVERY=accel``, the upload offload, metadata cache and rate limits in Redis under
-a key prefix of the run's own) behind nginx rendered from nginx.conf plus a plain
-``location /static/`` on the blobs, and a second gunicorn with ``VIMEO_DELIVERY=app`` (no
-nginx). Measured (wrk on loopback, 2 threads; each scenario's answer is checked once,
-status and bytes, before it is timed):
+One private stack on free loopback ports, shaped as ``make stack`` runs it, on a
+throwaway PostgreSQL database (dropped at the end) and a storage directory under var/:
+gunicorn (gunicorn.conf.py's defaults, ``VIMEO_DELIVERY=accel``, the upload offload,
+metadata cache and rate limits in Redis under a key prefix of the run's own, Prometheus
+multiprocess metrics) and a Celery worker (on a redis-server of the run's own as broker)
+behind nginx rendered from nginx.conf plus plain static locations on the blobs, and a
+second gunicorn with ``VIMEO_DELIVERY=app`` (no nginx). The same nginx fronts the
+baselines (bench/baselines/). Measured (wrk on loopback, 2 threads; each scenario's
+answer is checked once, status and bytes, before it is timed), each wrk figure against
+every baseline of its size (BASELINES): raw nginx static without an access log (the
+limit) and with one, a minimal Flask app that only answers X-Accel-Redirect under the
+same gunicorn configuration, a minimal FastAPI ``FileResponse`` app under uvicorn:
 
-* 4 KiB, against raw nginx static: hot public (unlimited, no password), a published
-  version, a password-protected file, one-time files (a wrk script walks a list of files
-  uploaded for the round, each request a first download; only 200s count), a 304
-  revalidation, a cached 404;
-* 16 MiB, against raw nginx static: hot public, X-Accel via the app (a file whose download
-  limit makes the app decide every request), the app sending the bytes itself;
+* 4 KiB: hot public (unlimited, no password), a published version, a password-protected
+  file, a limited file (the app decides and counts every download), a token download,
+  one-time files (a wrk script walks a list of files uploaded for the round, each
+  request a first download; only 200s count; exactly-once checked after every run from
+  nginx's access log and the database), a 304 revalidation, a cached 404; meanwhile the
+  RSS of every process (ProcessMemory);
+* 16 MiB: hot public, X-Accel via the app (a file whose download limit makes the app
+  decide every request), the app sending the bytes itself;
 * 1 GiB (64 MiB with --quick): downloads (curl, raw nginx static against hot public);
   uploads (curl -T through nginx with the offload, curl -T and curl -F to the app that
   writes the bytes itself) against ``dd conv=fsync`` of the same size on the same disk,
@@ -34,6 +41,7 @@ only prints them (the chart goes to bench/results/) unless --write is given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -47,10 +55,12 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import requests
+from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -58,6 +68,7 @@ sys.path.insert(0, str(ROOT))
 from bench.downloads import check, start_stack  # noqa: E402
 from bench.harness import (  # noqa: E402
     API,
+    Baselines,
     WrkScenario,
     create_database,
     delete_redis_keys,
@@ -70,7 +81,15 @@ from bench.harness import (  # noqa: E402
     static_path,
     upload,
 )
-from bench.measure import MiB, dd_seconds, make_source, wrk, wrk_threads, write_wrk_script  # noqa: E402
+from bench.measure import (  # noqa: E402
+    MiB,
+    ProcessMemory,
+    dd_seconds,
+    make_source,
+    wrk,
+    wrk_threads,
+    write_wrk_script,
+)
 from bench.sweep import sweep_against_plain_sql  # noqa: E402
 from bench.upload_memory import UPLOADS, idle_rss, upload_to_app  # noqa: E402
 from bench.upload_offload import upload_through_nginx  # noqa: E402
@@ -82,10 +101,28 @@ CHART = ROOT / "bench" / "suite.png"
 RESULTS = ROOT / "bench" / "results"  # git-ignored: quick charts, the last run's JSON
 KiB = 1024
 
-# The issue's goals, judged from the figures of the run.
-HOT_4K_GOAL = 0.5  # hot public 4 KiB: at least this × raw nginx static req/s
-MIB16_GOAL = 0.9  # 16 MiB through the stack: at least this × raw nginx static MB/s
+# What every wrk scenario is measured against, each a column of the table (key → name),
+# each measured at 4 KiB and at 16 MiB on the same blob bytes as the scenarios:
+BASELINES = {
+    "nolog": "raw nginx static, no log",  # the machine's limit: /static-nolog/, access_log off
+    "logged": "raw nginx static, logged",  # /static/, with the access log every request gets
+    "flask": "minimal Flask X-Accel",  # the Python-path limit (bench/baselines/flask_accel.py)
+    "fastapi": "minimal FastAPI FileResponse",  # the seeds' style (bench/baselines/fastapi_file.py)
+}
+BASELINE_COLUMNS = {"nolog": "× nginx no log", "logged": "× nginx logged", "flask": "× Flask X-Accel",
+                    "fastapi": "× FastAPI FileResponse"}
+
+# The goals (issues 17 and earlier), judged from the figures of the run.
+HOT_4K_GOAL = 0.5  # hot public 4 KiB: at least this × raw nginx static req/s (no log; and logged)
+MIB16_GOAL = 0.9  # hot public 16 MiB: at least this × raw nginx static MB/s (no log; and logged)
+ACCEL_16M_GOAL = 0.8  # app-decided 16 MiB (X-Accel): at least this × raw nginx static, no log
+ACCEL_16M_LOGGED_GOAL = 0.9  # the earlier goal of the same: × raw nginx static, logged
+PYTHON_PATH_GOAL = 0.5  # app-decided 4 KiB, 304, 404: at least this × the minimal Flask X-Accel handler
+FASTAPI_GOAL = 1.0  # the same: more than this × the minimal FastAPI FileResponse app
+ONE_TIME_GOAL = 1000  # one-time 4 KiB: first downloads per second
 UPLOAD_RSS_GOAL = 100 * MiB  # 1 GiB upload: the app's peak RSS below this
+# Tokens are asked for with this lifetime: longer than any run.
+TOKEN_EXPIRES_IN = 3600
 # A download limit no run reaches, so the app decides every request: the largest the API
 # takes (9 digits; 1,000,000,000 is refused with a 400).
 LIMITED_DOWNLOADS = "999999999"
@@ -156,8 +193,41 @@ end
 
 
 @dataclass
+class Goal:
+    """A goal of the issue, judged from the figures of the run."""
+
+    kind: str  # ">=" or ">": the ratio to the baseline ``against``; "rate>=": the figure; "rss<": the peak RSS
+    value: float
+    against: str = ""  # a key of BASELINES (the wrk rows), or the row's own baseline
+
+    def text(self, row: "Row") -> str:
+        if self.kind == "rate>=":
+            return f"≥ {self.value:,.0f} {row.unit}"
+        if self.kind == "rss<":
+            return f"peak RSS < {self.value / MiB:.0f} MiB"
+        return f"{'≥' if self.kind == '>=' else '>'} {self.value:g}× {baseline_label(self.against)}"
+
+    def met(self, row: "Row") -> bool:
+        if self.kind == "rate>=":
+            return row.figure is not None and row.figure >= self.value
+        if self.kind == "rss<":
+            return row.peak_rss is not None and row.peak_rss < self.value
+        ratio = row.ratio_to(self.against)
+        return ratio is not None and (ratio >= self.value if self.kind == ">=" else ratio > self.value)
+
+    def measured(self, row: "Row") -> str:
+        if self.kind == "rate>=":
+            return fmt_figure(row.figure, row.unit)
+        if self.kind == "rss<":
+            return "—" if row.peak_rss is None else f"{row.peak_rss / MiB:.1f} MiB"
+        return f"{fmt_ratio(row.ratio_to(self.against))}×"
+
+
+@dataclass
 class Row:
-    """One line of the table: a figure against its baseline's, measured in the same run."""
+    """One line of a table: a figure against its baselines' figures, all measured in the
+    same run. The wrk rows have one baseline per column (``baselines``, keyed as
+    BASELINES); ``baseline`` is the one the chart shows (its key there, else its name)."""
 
     group: str
     scenario: str
@@ -168,25 +238,23 @@ class Row:
     p99_ms: float | None = None
     peak_rss: int | None = None
     notes: str = ""
-    goal: str = ""  # "ratio>=0.5", "rss<104857600"
+    goals: list[Goal] = field(default_factory=list)
     is_baseline: bool = False
+    baselines: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
-        if not self.figure or not self.baseline_figure:
-            return None
-        return self.figure / self.baseline_figure
+        return self.ratio_to(self.baseline)
 
-    def goal_state(self) -> tuple[str, bool] | None:
-        """The goal in words, and whether the figures meet it."""
-        if not self.goal:
+    def ratio_to(self, key: str) -> float | None:
+        base = self.baselines.get(key) if self.baselines else (self.baseline_figure if key == self.baseline else None)
+        if not self.figure or not base:
             return None
-        kind, value = re.match(r"(ratio>=|rss<)(.+)", self.goal).groups()
-        if kind == "ratio>=":
-            threshold = float(value)
-            return f"≥ {threshold:g}× {self.baseline}", self.ratio is not None and self.ratio >= threshold
-        threshold = int(value)
-        return f"peak RSS < {threshold / MiB:.0f} MiB", self.peak_rss is not None and self.peak_rss < threshold
+        return self.figure / base
+
+    def goal_states(self) -> list[tuple[str, bool, str]]:
+        """Each goal in words, whether the figures meet it, and the figure it is judged on."""
+        return [(goal.text(self), goal.met(self), goal.measured(self)) for goal in self.goals]
 
 
 def log(message: str) -> None:
@@ -224,17 +292,23 @@ class OneTime:
     download each) through nginx for the round to take only first downloads. The first
     round is sized by a 2 s probe over a first batch (which also warms the path up);
     later rounds by the best rate seen so far; ``margin`` times what the rate needs, plus
-    100. The list is capped at what uploads in ``max_upload_seconds``."""
+    100. The list is capped at what uploads in ``max_upload_seconds``.
+
+    After every run over a list (the probes' included) ``verify`` checks exactly-once."""
 
     def __init__(self, base: str, work: Path, duration: int, connections: int, script: Path,
-                 max_upload_seconds: float, probe_files: int = 600, margin: float = 2.0):
+                 max_upload_seconds: float, *, db_url: str, access_log: Path, quiet: Callable[[], object],
+                 probe_files: int = 600, margin: float = 2.0):
         self.base, self.work, self.duration = base, work, duration
         self.connections, self.script = connections, script
         self.max_upload_seconds, self.probe_files, self.margin = max_upload_seconds, probe_files, margin
+        self.db_url, self.access_log, self.quiet = db_url, access_log, quiet
         self.rates: list[float] = []  # 200s per second seen
         self.upload_rate = 0.0
         self.lists: dict[int, int] = {}  # round → files in its list
         self.capped: dict[int, bool] = {}
+        self.paths: dict[int, list[str]] = {}  # round → its list
+        self.log_offsets: dict[int, int] = {}  # round → the access log's size before it
         self._local = threading.local()
 
     def _upload_one(self, i: int) -> str:
@@ -244,7 +318,7 @@ class OneTime:
         body = upload(self.base, os.urandom(4 * KiB), name=f"once-{i}.bin", session=session)
         return f"{API}/file/{body['filehash']}"
 
-    def upload_list(self, count: int, name: str) -> Path:
+    def upload_list(self, count: int, name: str) -> tuple[Path, list[str]]:
         started = time.perf_counter()
         with ThreadPoolExecutor(4) as pool:
             paths = list(pool.map(self._upload_one, range(count)))
@@ -253,20 +327,25 @@ class OneTime:
         listing = self.work / name
         listing.write_text("".join(path + "\n" for path in paths))
         log(f"  one-time: uploaded {count} files in {elapsed:.1f} s ({count / elapsed:.0f}/s, 4 threads)")
-        return listing
+        return listing, paths
 
     def args(self, listing: Path) -> list[str]:
         return [str(listing), str(wrk_threads(self.connections))]
+
+    def log_size(self) -> int:
+        return self.access_log.stat().st_size if self.access_log.exists() else 0
 
     def prepare(self, round_: int) -> list[str]:
         if not self.rates:
             probe = self.probe_files
             for _ in range(3):
-                listing = self.upload_list(probe, f"one-time-probe-{probe}.txt")
+                listing, paths = self.upload_list(probe, f"one-time-probe-{probe}.txt")
+                offset = self.log_size()
                 report = wrk(self.base, 2, self.connections, self.script, None, self.args(listing))
+                checked = self.verify(paths, report, offset)
                 rate = report["ok"] / (report["duration_us"] / 1e6)
                 log(f"  one-time probe: {report['ok']} first downloads in 2 s over {probe} files"
-                    f"{' (ran out)' if report['threads_ran_out'] else ''}")
+                    f"{' (ran out)' if report['threads_ran_out'] else ''}; {checked['summary']}")
                 if not report["threads_ran_out"]:
                     break
                 probe *= 3
@@ -276,13 +355,107 @@ class OneTime:
         self.capped[round_] = need > cap
         count = min(need, cap)
         self.lists[round_] = count
-        return self.args(self.upload_list(count, f"one-time-{round_}.txt"))
+        listing, self.paths[round_] = self.upload_list(count, f"one-time-{round_}.txt")
+        self.log_offsets[round_] = self.log_size()
+        return self.args(listing)
 
     def after(self, report: dict) -> None:
+        round_ = report["round"]
         report["threads"] = wrk_threads(self.connections)
-        report["list"] = self.lists[report["round"]]
-        report["capped"] = self.capped[report["round"]]
+        report["list"] = self.lists[round_]
+        report["capped"] = self.capped[round_]
+        report["exactly_once"] = self.verify(self.paths[round_], report, self.log_offsets[round_])
+        log(f"  one-time round {round_}: {report['exactly_once']['summary']}")
         self.rates.append(report["figure"])
+
+    def verify(self, paths: list[str], report: dict, offset: int) -> dict:
+        """Exactly-once over one run of the list ``paths``, from nginx's access log (the
+        lines after ``offset``) and the database, once the stack has finished what wrk
+        left in flight; raises AssertionError when it does not hold:
+
+        * no path was answered 200 twice (no file served twice);
+        * no file counts more than one download;
+        * every path answered 200 counts its one download (nothing served unconsumed);
+        * every file consumed without a 200 was asked for by a client that had gone
+          (499: wrk closes its connections at the end with requests in flight, and the
+          app may still consume those);
+        * wrk's count of 200s is nginx's, less at most one request in flight per connection.
+
+        So the number of files consumed equals the number of 200 answers, plus the
+        requests wrk gave up on at its end."""
+        self.quiet()
+        wanted = set(paths)
+        seen = report["ok"] + report["other"]
+        deadline = time.monotonic() + 30
+        while True:
+            statuses = access_log_statuses(self.access_log, offset, wanted)
+            logged = sum(len(codes) for codes in statuses.values())
+            if logged >= seen:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"one-time: nginx logged {logged} requests of the list, wrk saw {seen} answers "
+                                     f"(waited 30 s for {self.access_log})")
+            time.sleep(0.1)
+        downloads = file_downloads(self.db_url, [path.rsplit("/", 1)[1] for path in paths])
+        served = {path for path, codes in statuses.items() if 200 in codes}
+        twice = sorted(path for path, codes in statuses.items() if codes.count(200) > 1)
+        missing = sorted(path for path in paths if path.rsplit("/", 1)[1] not in downloads)
+        over = sorted(path for path in paths if downloads.get(path.rsplit("/", 1)[1], 0) > 1)
+        consumed = {path for path in paths if downloads.get(path.rsplit("/", 1)[1]) == 1}
+        unconsumed = sorted(path for path in served if downloads.get(path.rsplit("/", 1)[1], 0) < 1)
+        gave_up = consumed - served
+        unexplained = sorted(path for path in gave_up if 499 not in statuses.get(path, []))
+        problems = []
+        if twice:
+            problems.append(f"{len(twice)} file(s) answered 200 more than once (e.g. {twice[:3]})")
+        if missing:
+            problems.append(f"{len(missing)} listed file(s) not in the database (e.g. {missing[:3]})")
+        if over:
+            problems.append(f"{len(over)} file(s) counting more than one download (e.g. {over[:3]})")
+        if unconsumed:
+            problems.append(f"{len(unconsumed)} file(s) answered 200 counting no download (e.g. {unconsumed[:3]})")
+        if unexplained:
+            problems.append(f"{len(unexplained)} file(s) counting a download without a 200 or a client that left "
+                            f"(e.g. {unexplained[:3]}: {[statuses.get(path) for path in unexplained[:3]]})")
+        if not report["ok"] <= len(served) <= report["ok"] + self.connections:
+            problems.append(f"wrk counted {report['ok']} answers 200, nginx logged {len(served)} "
+                            f"(expected at most {self.connections} more, the requests in flight at the end)")
+        if problems:
+            raise AssertionError("one-time downloads are not exactly-once: " + "; ".join(problems))
+        return {"files": len(paths), "consumed": len(consumed), "served": len(served), "wrk_ok": report["ok"],
+                "gave_up": len(gave_up),
+                "summary": (f"exactly-once holds: {len(consumed):,} of {len(paths):,} files consumed, "
+                            f"{len(served):,} answered 200 (wrk read {report['ok']:,}), none twice, "
+                            f"{len(gave_up)} consumed for a client that had gone (499)")}
+
+
+ACCESS_LINE = re.compile(r'"GET (\S+) HTTP/[0-9.]+" (\d{3}) ')
+
+
+def access_log_statuses(path: Path, offset: int, wanted: set[str]) -> dict[str, list[int]]:
+    """The statuses nginx logged (nginx.conf's ``vimeo`` format) for the GETs of the
+    paths ``wanted``, from the complete lines after byte ``offset``."""
+    with open(path, "rb") as log_file:
+        log_file.seek(offset)
+        data = log_file.read()
+    statuses: dict[str, list[int]] = {}
+    for line in data[: data.rfind(b"\n") + 1].decode(errors="replace").splitlines():
+        found = ACCESS_LINE.search(line)
+        if found and found.group(1) in wanted:
+            statuses.setdefault(found.group(1), []).append(int(found.group(2)))
+    return statuses
+
+
+def file_downloads(db_url: str, filehashes: list[str]) -> dict[str, int]:
+    """filehash → its downloads count in the database."""
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT filehash, downloads FROM files WHERE filehash = ANY(:hashes)"),
+                                {"hashes": filehashes}).all()
+    finally:
+        engine.dispose()
+    return {filehash: downloads for filehash, downloads in rows}
 
 
 def one_time_notes(report: dict) -> str:
@@ -295,13 +468,24 @@ def one_time_notes(report: dict) -> str:
                  f"understates")
         if report["capped"]:
             note += "; the list was capped by the upload time allowed"
-    return note
+    return f"{note}; {report['exactly_once']['summary']}"
 
 
 # -- the run -----------------------------------------------------------------------------
 
-def wrk_rows(stack, work: Path, args, size_4k: int, size_16m: int) -> list[Row]:
-    """Upload the files, check every scenario's answer once, run wrk round-robin."""
+def baseline_label(key: str) -> str:
+    return BASELINES.get(key, key)
+
+
+def app_decided_goals() -> list[Goal]:
+    """Issue 17's goals of the answers the app decides (password, limited, token, 304, 404)."""
+    return [Goal(">=", PYTHON_PATH_GOAL, "flask"), Goal(">", FASTAPI_GOAL, "fastapi")]
+
+
+def wrk_rows(stack, work: Path, args, db_url: str, procs: list, memory: ProcessMemory,
+             size_4k: int, size_16m: int) -> list[Row]:
+    """Upload the files, start the baseline apps, check every scenario's answer once, run
+    wrk round-robin (memory sampled during the 4 KiB ones)."""
     c4, c16 = args.connections
     script = write_wrk_script(work)
     walk = write_wrk_script(work, "one-time.lua", ONE_TIME_LUA)
@@ -309,22 +493,41 @@ def wrk_rows(stack, work: Path, args, size_4k: int, size_16m: int) -> list[Row]:
     notes: dict[str, str] = {}
     scenarios: list[WrkScenario] = []
     meta: dict[str, dict] = {}
+    labels = {size_4k: "4 KiB", size_16m: "16 MiB"}
 
-    def add(name, url, content, connections, size, baseline, *, headers=None, status=200, check_answer=None,
-            goal="", **extra):
+    def add(name, url, content, connections, size, primary="nolog", *, headers=None, status=200, check_answer=None,
+            goals=(), baseline_of=None, **extra):
         answer = check_answer or check(name, url, content, status, headers)
         notes[name] = x_cache(answer)
-        meta[name] = {"size": size, "baseline": baseline, "goal": goal, "status": status}
+        meta[name] = {"size": size, "primary": baseline_of or primary, "goals": list(goals), "status": status,
+                      "baseline_of": baseline_of}
         scenarios.append(WrkScenario(name, url, connections, extra.pop("script", script), headers or {}, **extra))
 
-    # 4 KiB
+    def add_baselines(size: int, content: bytes, sha256: str, blob_name: str, connections: int) -> None:
+        urls = {
+            "nolog": nginx + static_path(sha256, logged=False),
+            "logged": nginx + static_path(sha256),
+            "flask": nginx + Baselines.path(Baselines.FLASK, blob_name),
+            "fastapi": nginx + Baselines.path(Baselines.FASTAPI, blob_name),
+        }
+        for key, url in urls.items():
+            add(f"{BASELINES[key]} {labels[size]}", url, content, connections, size, baseline_of=key)
+
+    # The public files first: their blobs are the ones the baselines answer.
     public = os.urandom(size_4k)
     up = upload(nginx, public, {"X-Max-Downloads": "0"}, name="public.bin")
-    static_4k = "raw nginx static 4 KiB"
-    add(static_4k, nginx + static_path(up["sha256"]), public, c4, size_4k, None)
+    big = os.urandom(size_16m)
+    up16 = upload(nginx, big, {"X-Max-Downloads": "0"}, name="public16.bin")
+    stack.baselines.start(work, stack.storage, stack.accel_env, {"4k": up["sha256"], "16m": up16["sha256"]}, procs)
+    memory.roots.update({"gunicorn (Flask baseline)": stack.baselines.procs[Baselines.FLASK].pid,
+                         "uvicorn (FastAPI baseline)": stack.baselines.procs[Baselines.FASTAPI].pid})
+
+    # 4 KiB
+    add_baselines(size_4k, public, up["sha256"], "4k", c4)
     hot_url = f"{nginx}{API}/file/{up['filehash']}"
     ask(hot_url, method="HEAD")
-    add("hot public 4 KiB", hot_url, public, c4, size_4k, static_4k, goal=f"ratio>={HOT_4K_GOAL}")
+    add("hot public 4 KiB", hot_url, public, c4, size_4k,
+        goals=[Goal(">=", HOT_4K_GOAL, "nolog"), Goal(">=", HOT_4K_GOAL, "logged")])
 
     published = os.urandom(size_4k)
     owned = upload(nginx, published, {"X-Max-Downloads": "0"}, name="published.bin")
@@ -334,7 +537,7 @@ def wrk_rows(stack, work: Path, args, size_4k: int, size_16m: int) -> list[Row]:
         raise AssertionError(f"publishing a version: HTTP {answer.status_code} {answer.text[:300]}")
     version_url = answer.json()["url"]
     ask(version_url, method="HEAD")
-    add("published version 4 KiB", version_url, published, c4, size_4k, static_4k)
+    add("published version 4 KiB", version_url, published, c4, size_4k)
 
     secret = secrets.token_urlsafe(12)
     protected = os.urandom(size_4k)
@@ -342,61 +545,82 @@ def wrk_rows(stack, work: Path, args, size_4k: int, size_16m: int) -> list[Row]:
     pw_url = f"{nginx}{API}/file/{up_pw['filehash']}"
     check("password 4 KiB (no password)", pw_url, None, 401)
     ask(pw_url, {"X-Password": secret})
-    add("password 4 KiB", pw_url, protected, c4, size_4k, static_4k, headers={"X-Password": secret})
+    add("password 4 KiB", pw_url, protected, c4, size_4k, "flask", headers={"X-Password": secret},
+        goals=app_decided_goals())
+
+    limited = os.urandom(size_4k)
+    up_lim4 = upload(nginx, limited, {"X-Max-Downloads": LIMITED_DOWNLOADS}, name="limited.bin")
+    limited_url = f"{nginx}{API}/file/{up_lim4['filehash']}"
+    ask(limited_url)
+    add("limited 4 KiB", limited_url, limited, c4, size_4k, "flask", goals=app_decided_goals())
+
+    tokened = os.urandom(size_4k)
+    up_tok = upload(nginx, tokened, {"X-Max-Downloads": LIMITED_DOWNLOADS}, name="token.bin")
+    answer = requests.post(f"{nginx}{API}/file/{up_tok['filehash']}/tokens", json={"expires_in": TOKEN_EXPIRES_IN},
+                           headers={"X-Owner-Token": up_tok["owner_token"]}, timeout=60)
+    if answer.status_code != 201 or "/t/" not in answer.json().get("url", ""):
+        raise AssertionError(f"asking for a token: HTTP {answer.status_code} {answer.text[:300]}")
+    token_url = answer.json()["url"]
+    ask(token_url)
+    add("token 4 KiB", token_url, tokened, c4, size_4k, "flask", goals=app_decided_goals())
 
     once = os.urandom(size_4k)
     up_once = upload(nginx, once, name="once.bin")
     once_url = f"{nginx}{API}/file/{up_once['filehash']}"
     first = check("one-time 4 KiB", once_url, once)
     check("one-time 4 KiB (second download)", once_url, None, 410)
-    one_time = OneTime(nginx, work, args.duration, c4, walk, max_upload_seconds=90 if not args.quick else 20)
-    add("one-time 4 KiB", nginx, once, c4, size_4k, static_4k, check_answer=first, script=walk,
+
+    def quiet() -> None:
+        waited = settle([stack.accel_gunicorn.pid, stack.app_gunicorn.pid, stack.nginx_proc.pid,
+                         *(proc.pid for proc in stack.baselines.procs.values())])
+        if waited > 1:
+            log(f"  (waited {waited:.1f} s for the stack to finish the requests wrk left in flight)")
+
+    one_time = OneTime(nginx, work, args.duration, c4, walk, max_upload_seconds=90 if not args.quick else 20,
+                       db_url=db_url, access_log=stack.log_dir / "access.log", quiet=quiet)
+    add("one-time 4 KiB", nginx, once, c4, size_4k, "flask", check_answer=first, script=walk,
         prepare=one_time.prepare, warmup=False, after=one_time.after,
-        figure=lambda report: report["ok"] / (report["duration_us"] / 1e6))
+        figure=lambda report: report["ok"] / (report["duration_us"] / 1e6), goals=[Goal("rate>=", ONE_TIME_GOAL)])
     notes["one-time 4 KiB"] = "each request a first download"
 
     revalidate = {"If-None-Match": up["etag"]}
     ask(hot_url, revalidate)
-    add("304 revalidation 4 KiB", hot_url, b"", c4, size_4k, static_4k, headers=revalidate, status=304)
+    add("304 revalidation 4 KiB", hot_url, b"", c4, size_4k, "flask", headers=revalidate, status=304,
+        goals=app_decided_goals())
 
     unknown = f"{nginx}{API}/file/{secrets.token_hex(16)}"
     ask(unknown)
-    add("cached 404", unknown, None, c4, size_4k, static_4k, status=404)
+    add("cached 404", unknown, None, c4, size_4k, "flask", status=404, goals=app_decided_goals())
 
     # 16 MiB
-    big = os.urandom(size_16m)
-    up16 = upload(nginx, big, {"X-Max-Downloads": "0"}, name="public16.bin")
-    static_16 = "raw nginx static 16 MiB"
-    add(static_16, nginx + static_path(up16["sha256"]), big, c16, size_16m, None)
+    add_baselines(size_16m, big, up16["sha256"], "16m", c16)
     hot16 = f"{nginx}{API}/file/{up16['filehash']}"
     ask(hot16, method="HEAD")
-    add("hot public 16 MiB", hot16, big, c16, size_16m, static_16, goal=f"ratio>={MIB16_GOAL}")
+    add("hot public 16 MiB", hot16, big, c16, size_16m,
+        goals=[Goal(">=", MIB16_GOAL, "nolog"), Goal(">=", MIB16_GOAL, "logged")])
     big_limited = os.urandom(size_16m)
     up_lim = upload(nginx, big_limited, {"X-Max-Downloads": LIMITED_DOWNLOADS}, name="limited16.bin")
-    add("X-Accel via app 16 MiB", f"{nginx}{API}/file/{up_lim['filehash']}", big_limited, c16, size_16m, static_16,
-        goal=f"ratio>={MIB16_GOAL}")
-    add("app sends 16 MiB", f"{stack.app}{API}/file/{up16['filehash']}", big, c16, size_16m, static_16)
+    add("X-Accel via app 16 MiB", f"{nginx}{API}/file/{up_lim['filehash']}", big_limited, c16, size_16m,
+        goals=[Goal(">=", ACCEL_16M_GOAL, "nolog"), Goal(">=", ACCEL_16M_LOGGED_GOAL, "logged")])
+    add("app sends 16 MiB", f"{stack.app}{API}/file/{up16['filehash']}", big, c16, size_16m)
 
     def describe(scenario, report):
         size = meta[scenario.key]["size"]
         figure = report["figure"]
-        return (f"{scenario.key:<26} {figure:>9,.0f} req/s {figure * size / 1e6:>8,.1f} MB/s  "
+        return (f"{scenario.key:<36} {figure:>9,.0f} req/s {figure * size / 1e6:>8,.1f} MB/s  "
                 f"p99 {report['p99_ms']:.1f} ms  non-2xx/3xx {report['non_2xx_3xx']}  errors {report['errors']}")
 
-    def quiet() -> None:
-        waited = settle([stack.accel_gunicorn.pid, stack.app_gunicorn.pid, stack.nginx_proc.pid])
-        if waited > 1:
-            log(f"  (waited {waited:.1f} s for the stack to finish the requests wrk left in flight)")
+    def during(scenario):
+        return memory.sampling() if meta[scenario.key]["size"] == size_4k else contextlib.nullcontext()
 
-    best = run_rounds(scenarios, args.rounds, args.duration, describe, quiet)
+    best = run_rounds(scenarios, args.rounds, args.duration, describe, quiet, during)
     rows = []
     for scenario in scenarios:
         name, report, info = scenario.key, best[scenario.key], meta[scenario.key]
-        base_name = info["baseline"] or name
-        base_report = best[base_name]
         mb = info["size"] >= MiB
         unit = "MB/s" if mb else "req/s"
         scale = info["size"] / 1e6 if mb else 1
+        figures = {key: best[f"{label} {labels[info['size']]}"]["figure"] * scale for key, label in BASELINES.items()}
         if name == "one-time 4 KiB":
             note = one_time_notes(report)
         elif info["status"] == 404:
@@ -407,9 +631,10 @@ def wrk_rows(stack, work: Path, args, size_4k: int, size_16m: int) -> list[Row]:
         if mb:
             note = f"{report['figure']:,.1f} req/s; " + note
         rows.append(Row(
-            group="16 MiB" if mb else "4 KiB", scenario=name, baseline=base_name, unit=unit,
-            figure=report["figure"] * scale, baseline_figure=base_report["figure"] * scale,
-            p99_ms=report["p99_ms"], notes=note, goal=info["goal"], is_baseline=info["baseline"] is None,
+            group="16 MiB" if mb else "4 KiB", scenario=name, baseline=info["primary"], unit=unit,
+            figure=report["figure"] * scale, baseline_figure=figures[info["primary"]],
+            p99_ms=report["p99_ms"], notes=note, goals=info["goals"], is_baseline=info["baseline_of"] is not None,
+            baselines=figures,
         ))
     return rows
 
@@ -460,7 +685,7 @@ def big_rows(stack, work: Path, size: int, downloads: int) -> list[Row]:
                                    stack.nginx_proc.pid, {"X-Max-Downloads": "0"})
     log(f"  {label} upload through nginx (offload): {offload['mbps']:.0f} MB/s, dd {dd:.0f} MB/s")
     offload_row = Row(f"{label} upload", f"raw upload through nginx (offload) {label}", dd_name, "MB/s",
-                      offload["mbps"], dd, peak_rss=offload["app_peak"], goal=f"rss<{UPLOAD_RSS_GOAL}",
+                      offload["mbps"], dd, peak_rss=offload["app_peak"], goals=[Goal("rss<", UPLOAD_RSS_GOAL)],
                       notes=f"curl -T, {offload['seconds']:.2f} s; gunicorn {rss_note(offload['app_peak'], idle_accel)}; "
                             f"nginx worker peak {offload['nginx_peak'] / MiB:.1f} MiB")
 
@@ -494,7 +719,7 @@ def big_rows(stack, work: Path, size: int, downloads: int) -> list[Row]:
         result = upload_to_app(stack.app + API, kind, source, stack.app_gunicorn.pid, sha)
         log(f"  {label} {how} to the app: {result['mbps']:.0f} MB/s, dd {dd:.0f} MB/s")
         rows.append(Row(f"{label} upload", f"{kind} upload to the app {label}", dd_name, "MB/s", result["mbps"], dd,
-                        peak_rss=result["peak"], goal=f"rss<{UPLOAD_RSS_GOAL}",
+                        peak_rss=result["peak"], goals=[Goal("rss<", UPLOAD_RSS_GOAL)],
                         notes=f"{how.split('(')[-1].rstrip(')')}, {result['seconds']:.2f} s; "
                               f"gunicorn {rss_note(result['peak'], idle_app)}"))
         stored = stack.storage / "blobs" / sha[:2] / sha[2:4] / sha
@@ -536,39 +761,68 @@ def fmt_ratio(ratio: float | None) -> str:
     return f"{ratio:.{1 - math.floor(math.log10(ratio))}f}"
 
 
+def goals_text(row: Row) -> str:
+    return "<br>".join(f"{words}: **{'met' if met else 'not met'}**" for words, met, _ in row.goal_states())
+
+
+def wrk_table(rows: list[Row]) -> str:
+    """The wrk scenarios: each figure with its ratio to every baseline of its size."""
+    lines = ["| scenario | figure | p99 | " + " | ".join(BASELINE_COLUMNS.values()) + " | goals | notes |",
+             "|---|---:|---:|" + "---:|" * len(BASELINE_COLUMNS) + "---|---|"]
+    for row in rows:
+        ratios = []
+        for key in BASELINE_COLUMNS:
+            own = row.is_baseline and row.baseline == key
+            ratios.append("**1.00** (itself)" if own else fmt_ratio(row.ratio_to(key)))
+        scenario = f"**{row.scenario}** (baseline)" if row.is_baseline else row.scenario
+        lines.append(f"| {scenario} | {fmt_figure(row.figure, row.unit)} | "
+                     f"{'' if row.p99_ms is None else f'{row.p99_ms:,.1f} ms'} | {' | '.join(ratios)} | "
+                     f"{goals_text(row)} | {row.notes} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[Row]) -> str:
-    lines = ["| scenario | baseline | figure | baseline figure | ratio | p99 / peak RSS | goal | notes |",
+    """The other scenarios, each against its own baseline."""
+    lines = ["| scenario | baseline | figure | baseline figure | ratio | peak RSS | goal | notes |",
              "|---|---|---:|---:|---:|---:|---|---|"]
     for row in rows:
-        if row.p99_ms is not None:
-            extra = f"p99 {row.p99_ms:,.1f} ms"
-        elif row.peak_rss is not None:
-            extra = f"{row.peak_rss / MiB:.1f} MiB"
-        else:
-            extra = ""
-        goal = row.goal_state()
-        goal_text = "" if goal is None else f"{goal[0]}: **{'met' if goal[1] else 'not met'}**"
+        extra = "" if row.peak_rss is None else f"{row.peak_rss / MiB:.1f} MiB"
         ratio = "1.00 (baseline)" if row.is_baseline else fmt_ratio(row.ratio)
         lines.append(f"| {row.scenario} | {'—' if row.is_baseline else row.baseline} | "
                      f"{fmt_figure(row.figure, row.unit)} | {fmt_figure(row.baseline_figure, row.unit)} | "
-                     f"{ratio} | {extra} | {goal_text} | {row.notes} |")
+                     f"{ratio} | {extra} | {goals_text(row)} | {row.notes} |")
+    return "\n".join(lines)
+
+
+def memory_table(processes: list[dict]) -> str:
+    """Every process's RSS while the 4 KiB scenarios ran."""
+    lines = ["| process | pid | peak RSS | mean RSS | samples |", "|---|---:|---:|---:|---:|"]
+    groups: dict[str, list[dict]] = {}
+    for proc in processes:
+        groups.setdefault(proc["root"], []).append(proc)
+    for root, members in groups.items():
+        for proc in members:
+            lines.append(f"| {proc['name']} | {proc['pid']} | {proc['peak'] / MiB:,.1f} MiB | "
+                         f"{proc['mean'] / MiB:,.1f} MiB | {proc['samples']:,} |")
+        # The sum of the peaks bounds the group's peak (they need not coincide).
+        lines.append(f"| *{root}: {len(members)} processes together* | | ≤ {sum(p['peak'] for p in members) / MiB:,.1f} MiB | "
+                     f"{sum(p['mean'] for p in members) / MiB:,.1f} MiB | |")
     return "\n".join(lines)
 
 
 def goals_summary(rows: list[Row]) -> list[str]:
     lines = []
     for row in rows:
-        goal = row.goal_state()
-        if goal is None:
-            continue
-        figure = (f"{fmt_ratio(row.ratio)}×" if row.goal.startswith("ratio") else f"{row.peak_rss / MiB:.1f} MiB")
-        lines.append(f"* {row.scenario}: {goal[0]}: **{'met' if goal[1] else 'not met'}** ({figure})")
+        for words, met, measured in row.goal_states():
+            lines.append(f"* {row.scenario}: {words}: **{'met' if met else 'not met'}** ({measured})")
     return lines
 
 
 def chart(rows: list[Row], path: Path, title: str) -> None:
-    """Horizontal bars of each scenario's ratio to its baseline (log scale; the colour
-    says which baseline), a line at 1.0 and a marker at each goal."""
+    """Horizontal bars of each scenario's ratio to its main baseline (log scale; the colour
+    says which: raw nginx with no log for what nginx sends, the minimal Flask X-Accel
+    handler for what the app decides), a line at 1.0 and a marker at each goal (one against
+    another baseline, FastAPI's, or in req/s, put on the bar's scale from the figures)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -599,14 +853,28 @@ def chart(rows: list[Row], path: Path, title: str) -> None:
     ax.axvline(1.0, color="black", linewidth=1)
     for y, row in zip(ys, shown):
         right = row.ratio
-        if row.goal.startswith("ratio>="):
-            goal = float(row.goal.split(">=")[1])
-            ax.plot([goal, goal], [y - 0.45, y + 0.45], color="#d62728", linewidth=2.5)
-            right = max(right, goal)
+        for goal in row.goals:
+            if goal.kind in (">=", ">") and goal.against == row.baseline:
+                ax.plot([goal.value, goal.value], [y - 0.45, y + 0.45], color="#d62728", linewidth=2.5)
+                right = max(right, goal.value)
+                continue
+            # A goal against another baseline (FastAPI's) or a rate, put on this bar's scale.
+            if not row.baseline_figure or goal.kind == "rss<":
+                continue
+            if goal.kind == "rate>=":
+                at = goal.value / row.baseline_figure
+            elif row.baselines.get(goal.against):
+                at = goal.value * row.baselines[goal.against] / row.baseline_figure
+            else:
+                continue
+            ax.plot([at, at], [y - 0.45, y + 0.45], color="#7f3fbf", linewidth=2, linestyle=(0, (2, 1)))
+            right = max(right, at)
         ax.text(right * 1.1, y, f"{fmt_ratio(row.ratio)}×", va="center", fontsize=7)
-    handles = [Patch(color=colour, label=f"vs {baseline}") for baseline, colour in colours.items()]
+    handles = [Patch(color=colour, label=f"vs {baseline_label(baseline)}") for baseline, colour in colours.items()]
     handles += [Line2D([0], [0], color="black", linewidth=1, label="1.0× the baseline"),
-                Line2D([0], [0], color="#d62728", linewidth=2.5, label="goal (0.5× hot 4 KiB, 0.9× 16 MiB)")]
+                Line2D([0], [0], color="#d62728", linewidth=2.5, label="goal against the bar's baseline"),
+                Line2D([0], [0], color="#7f3fbf", linewidth=2, linestyle=(0, (2, 1)),
+                       label="goal against another baseline, or in req/s, on the bar's scale")]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.4, -0.09), ncol=2, fontsize=7, frameon=False)
     ax.set_xlabel("figure ÷ its baseline's, both from the same run (log scale; higher is better)", fontsize=8)
     ax.set_title(title, fontsize=9)
@@ -628,12 +896,14 @@ def command_line() -> str:
     return f"make bench (= {command})" if os.environ.get("MAKELEVEL") else command
 
 
-def report_block(rows, args, info_before, load_after, elapsed, chart_link: str | None) -> str:
+def report_block(rows, memory: list[dict], args, info_before, load_after, elapsed, chart_link: str | None) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(info_before["time"]))
     c4, c16 = args.connections
     big = size_label(args.big_mib * MiB)
     rounds = f"{args.rounds} round{'s' if args.rounds != 1 else ''}"
     load = " / ".join(f"{x:.2f}" for x in info_before["load"]), " / ".join(f"{x:.2f}" for x in load_after)
+    wrk_group = [row for row in rows if row.baselines]
+    other = [row for row in rows if not row.baselines]
     lines = [
         "## Every scenario side by side: `make bench`",
         "",
@@ -644,25 +914,49 @@ def report_block(rows, args, info_before, load_after, elapsed, chart_link: str |
         f"of the single benches. Command: `{command_line()}`; run of {when}, {duration_text(elapsed)}. Machine: "
         f"{describe_machine(info_before)}; load average (1 / 5 / 15 min) {load[0]} before, {load[1]} after.",
         "",
-        f"One private stack on loopback, on a throwaway PostgreSQL database: nginx rendered from nginx.conf, plus a "
-        f"plain `location /static/` on the blobs, in front of gunicorn (gunicorn.conf.py's defaults) with "
-        f"`VIMEO_DELIVERY=accel` and the upload offload, metadata cache and rate limits in Redis; a second gunicorn "
-        f"with `VIMEO_DELIVERY=app`, no nginx. wrk: {args.duration} s per scenario after a 2 s warm-up, 2 threads, "
-        f"{c4} connections for 4 KiB and {c16} for 16 MiB, {rounds} round-robin, each scenario's best kept; between "
-        f"runs the suite waits for the stack to finish what wrk left in flight. Every answer is checked once (status "
-        f"and bytes) before it is timed. Ratio = figure ÷ its baseline's figure, both from this run; goals are judged "
+        f"One private stack on loopback, shaped as `make stack` runs it, on a throwaway PostgreSQL database: nginx "
+        f"rendered from nginx.conf in front of gunicorn (gunicorn.conf.py's defaults) with `VIMEO_DELIVERY=accel` and "
+        f"the upload offload, metadata cache and rate limits in Redis, Prometheus multiprocess metrics, a Celery "
+        f"worker on a Redis broker of the run's own (releases are queued, not run in the request; no beat, so no "
+        f"sweep runs meanwhile); a second gunicorn with `VIMEO_DELIVERY=app`, no nginx. The same nginx also serves "
+        f"the baselines below. wrk: {args.duration} s per scenario after a 2 s warm-up, 2 threads, {c4} connections "
+        f"for 4 KiB and {c16} for 16 MiB, {rounds} round-robin, each scenario's best kept; between runs the suite "
+        f"waits for the stack to finish what wrk left in flight. Every answer is checked once (status and bytes) "
+        f"before it is timed. Every ratio is a figure ÷ a baseline's figure, both from this run; goals are judged "
         f"from these figures.",
         "",
-        "* **raw nginx static**: nginx alone sending the same blob file from `location /static/`: the machine's limit.",
-        "* **hot public**: `GET /file/<filehash>` of a file uploaded with `X-Max-Downloads: 0` and no password; "
-        "**published version**: `GET /v/<version_id>` (POST `/file/<filehash>/versions`); **password**: a file with "
-        "`X-Password`, requested with the right `X-Password`; **304 revalidation**: the hot public file with "
-        "`If-None-Match` of its ETag; **cached 404**: one unknown 32-hex filehash, again and again.",
+        "The baselines, each answering the same blob bytes (4 KiB and 16 MiB) as the scenarios:",
+        "",
+        f"* **{BASELINES['nolog']}**: nginx alone sending the blob file from a plain location with `access_log off`: "
+        "the machine's limit.",
+        f"* **{BASELINES['logged']}**: the same from `location /static/`, with the access log every request of the "
+        "stack gets.",
+        f"* **{BASELINES['flask']}**: bench/baselines/flask_accel.py, a Flask view that only answers "
+        "`X-Accel-Redirect` to the stack's internal `/_vimeo_blobs/` location, under the project's gunicorn.conf.py "
+        "with the app's `GUNICORN_*` environment (same workers, threads, worker class, keep-alive, access log), "
+        "behind the same nginx through an upstream with the app's keepalive settings: the Python-path limit.",
+        f"* **{BASELINES['fastapi']}**: bench/baselines/fastapi_file.py, a FastAPI route answering Starlette's "
+        "`FileResponse` (the bytes go through Python), the seeds' style, under uvicorn with as many worker "
+        "processes as gunicorn's (`uvicorn --workers`), uvloop and httptools, no access log, behind the same nginx "
+        "(same upstream settings).",
+        "",
+        "The scenarios:",
+        "",
+        "* **hot public**: `GET /file/<filehash>` of a file uploaded with `X-Max-Downloads: 0` and no password "
+        "(nginx's fast path); **published version**: `GET /v/<version_id>` (POST `/file/<filehash>/versions`); "
+        "**password**: a file with `X-Password`, requested with the right `X-Password`; **limited**: a file with "
+        f"`X-Max-Downloads: {LIMITED_DOWNLOADS}` (the API's largest), so the app decides and counts every download; "
+        "**token**: `GET /t/<token>` of a token asked for with the owner token (POST `/file/<filehash>/tokens`) on "
+        "a file with the same large limit (a token download uses downloads); **304 revalidation**: the hot public "
+        "file with `If-None-Match` of its ETag; **cached 404**: one unknown 32-hex filehash, again and again.",
         "* **one-time**: files uploaded before each round with the default of one download; a wrk script walks the "
-        "list (each thread its own slice), so every request is a first download; only 200 answers count.",
-        f"* **X-Accel via app**: a file with `X-Max-Downloads: {LIMITED_DOWNLOADS}` (the API's largest), so the app "
-        "decides every download and answers X-Accel-Redirect; **app sends**: the hot public file from the "
-        "`VIMEO_DELIVERY=app` gunicorn.",
+        "list (each thread its own slice), so every request is a first download; only 200 answers count. After "
+        "every run over a list the suite checks exactly-once, from nginx's access log and the database, and fails "
+        "the run otherwise: no file answered 200 twice, none counts more than one download, every 200 counts its "
+        "download, and a file consumed without a 200 was asked for by a client that had gone (499: wrk closes its "
+        "connections with requests in flight at its end).",
+        "* **X-Accel via app**: the same large limit on a 16 MiB file, so the app decides every download and "
+        "answers X-Accel-Redirect; **app sends**: the hot public file from the `VIMEO_DELIVERY=app` gunicorn.",
         f"* **{big} downloads**: curl, raw nginx static against hot public, best of 3 each, alternating. **{big} "
         "uploads**: fresh random bytes, `curl -T` through nginx with the offload (the file the downloads use), "
         "`curl -T` and `curl -F` to the `VIMEO_DELIVERY=app` gunicorn, which writes the bytes itself; each against "
@@ -673,15 +967,29 @@ def report_block(rows, args, info_before, load_after, elapsed, chart_link: str |
         "and storage filled the same way: one SQL transaction (`UPDATE files` to gone, `DELETE FROM blobs`), then "
         "the byte files unlinked 8 in flight, as the sweep does. Peak RSS: the sweep's process.",
         "",
-        table(rows),
+        "### Downloads (wrk): each scenario against every baseline of its size",
         "",
-        "Goals (the 16 MiB one is judged on both 16 MiB rows through nginx):",
+        wrk_table(wrk_group),
+        "",
+        f"### {big} transfers and the sweep",
+        "",
+        table(other),
+        "",
+        "### Goals",
         "",
         *goals_summary(rows),
         "",
+        "### Memory under load: every process, during the 4 KiB scenarios",
+        "",
+        "RSS of every process of the stack and of the baselines (psutil, every 100 ms while a timed 4 KiB wrk run "
+        "was under way, the warm-ups excluded): peak and mean per process; the broker's redis-server and the shared "
+        "Redis and PostgreSQL servers are left out.",
+        "",
+        memory_table(memory),
+        "",
     ]
     if chart_link:
-        lines += [f"![Each scenario's ratio to its baseline, log scale]({chart_link})", ""]
+        lines += [f"![Each scenario's ratio to its main baseline, log scale]({chart_link})", ""]
     return "\n".join(lines)
 
 
@@ -739,10 +1047,22 @@ def main() -> int:
     try:
         env = {**redis_env(prefix), "VIMEO_TRUSTED_PROXY_COUNT": "1",
                # The one-time scenario uploads thousands of files from 127.0.0.1.
-               "VIMEO_UPLOAD_RATE_LIMIT": "1000000/minute"}
-        stack = start_stack(work, db_url, procs, env, max_body_size=max(2 * big, 64 * MiB))
-        log(f"suite: nginx {stack.nginx} → gunicorn (accel), gunicorn (app) {stack.app}; work directory {work}")
-        rows += wrk_rows(stack, work, args, 4 * KiB, 16 * MiB)
+               "VIMEO_UPLOAD_RATE_LIMIT": "1000000/minute",
+               # Download tokens signed with a key of the run's own (else one is written
+               # into the checkout's instance folder).
+               "VIMEO_TOKEN_SIGNING_KEYS": json.dumps([secrets.token_hex(32)])}
+        stack = start_stack(work, db_url, procs, env, max_body_size=max(2 * big, 64 * MiB), celery=True,
+                            metrics=True, baselines=True)
+        log(f"suite: nginx {stack.nginx} → gunicorn (accel), gunicorn (app) {stack.app}, Celery worker; "
+            f"work directory {work}")
+        sampler = ProcessMemory({"nginx": stack.nginx_proc.pid, "gunicorn (accel)": stack.accel_gunicorn.pid,
+                                 "Celery worker": stack.celery_worker.pid, "gunicorn (app)": stack.app_gunicorn.pid})
+        sampler.start()
+        try:
+            rows += wrk_rows(stack, work, args, db_url, procs, sampler, 4 * KiB, 16 * MiB)
+        finally:
+            sampler.stop()
+        memory = sampler.results()
         rows += big_rows(stack, work, big, downloads=3)
     finally:
         for proc in reversed(procs):
@@ -760,12 +1080,13 @@ def main() -> int:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(info["time"]))
     chart(rows, chart_path, f"Ratio to the baseline of the same run — {when}, {info['cpus']} CPUs"
                             f"{', --quick' if args.quick else ''}")
-    block = report_block(rows, args, info, load_after, elapsed,
+    block = report_block(rows, memory, args, info, load_after, elapsed,
                          os.path.relpath(chart_path, PERFORMANCE.parent) if write else None)
     (RESULTS / "suite.json").write_text(json.dumps({
         "command": command_line(), "machine": info, "load_after": load_after, "elapsed": elapsed,
-        "rows": [{**asdict(row), "ratio": row.ratio, "goal_met": (row.goal_state() or (None, None))[1]}
-                 for row in rows]}, indent=1))
+        "rows": [{**asdict(row), "ratios": {key: row.ratio_to(key) for key in (row.baselines or [row.baseline])},
+                  "goals_met": [met for _, met, _ in row.goal_states()]} for row in rows],
+        "memory": memory}, indent=1))
     print(block)
     if write:
         write_performance(block)

@@ -184,6 +184,7 @@ def _per_file_sweep(batch_size, db, files, File, FileStatus, GoneReason) -> dict
     """The sweep as it was: one transaction per expired file, then one per blob."""
     from sqlalchemy import select
 
+    from vimeo_api import blobs
     from vimeo_api.models import utcnow
 
     expired = released = 0

@@ -126,6 +126,7 @@ class NginxSettings:
     worker_processes: str = "auto"
     error_log_level: str = "crit"
     extra_locations: str = ""  # more location blocks (the benchmark's /static/)
+    extra_http: str = ""  # more http-level blocks (the benchmark's upstreams of its baseline apps)
 
     def user_directive(self) -> str:
         if self.user:
@@ -153,6 +154,7 @@ def render_nginx(settings: NginxSettings) -> str:
         "storage_dir": os.path.abspath(settings.storage_dir),
         "max_body_size": str(int(settings.max_body_size)),
         "extra_locations": settings.extra_locations,
+        "extra_http": settings.extra_http,
         "json_errors": nginx_errors(int(settings.max_body_size)),
     }
     for name in ("runtime_dir", "log_dir", "pid_file", "storage_dir"):

@@ -110,6 +110,19 @@ def test_the_rendered_conf_is_accepted_by_nginx(tmp_path):
     check_nginx_conf(write_nginx_conf(settings), settings)
 
 
+def test_extra_http_blocks_go_into_the_http_context(tmp_path):
+    """An upstream is only allowed at http level: nginx -t refuses it anywhere else, and a
+    location of extra_locations may proxy to it."""
+    settings = settings_in(
+        tmp_path,
+        extra_http=f"    upstream extra_app {{\n        server 127.0.0.1:{free_port()};\n        keepalive 4;\n    }}\n",
+        extra_locations="        location /extra/ {\n            proxy_pass http://extra_app;\n        }\n",
+    )
+    conf = render_nginx(settings)
+    assert conf.index("upstream extra_app {") < conf.index("    server {")
+    check_nginx_conf(write_nginx_conf(settings), settings)
+
+
 def test_no_placeholder_is_left(conf):
     for mark in ("{{", "}}", "{%", "%}", "{#", "#}", "@{"):
         assert mark not in conf, mark
