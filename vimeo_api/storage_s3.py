@@ -115,15 +115,22 @@ class S3Upload:
     in with ``copy_from``. Bytes are sent as parts of a multipart upload to a temporary
     key as soon as a whole part has arrived, so memory stays flat; an upload smaller than
     one part never starts a multipart upload and is sent with one PutObject by ``place``.
+
     Closing it without ``place`` aborts the multipart upload, so a failed or cut-off
     upload leaves nothing in the bucket.
+
+    The bytes of a part are gathered in one buffer of the part size, allocated once per
+    upload and handed to botocore as it is, so no part-sized object is made and freed
+    per part (measured on a 256 MiB upload: the peak RSS grew 5 MiB, against 14 MiB with
+    a fresh ``bytes`` per part; deploy/S3-NOTES.md).
     """
 
     def __init__(self, storage: "S3Storage"):
         self._storage = storage
         self.key = storage.tmp_key(secrets.token_hex(16))
         self._hash = hashlib.sha256()
-        self._buffer = bytearray()
+        self._part: bytearray | None = None  # allocated at the first byte
+        self._fill = 0  # bytes of the current part in self._part
         self._upload_id: str | None = None
         self._parts: list[dict] = []
         self._position = 0
@@ -136,29 +143,19 @@ class S3Upload:
 
     def write(self, data) -> int:
         """Hash and count ``data``; send a part to the bucket whenever one is full."""
-        if self.closed:
-            raise ValueError("write to a closed upload")
-        if self._position != self.size:
-            # Bytes already sent cannot be rewritten: only appending is possible.
-            raise io.UnsupportedOperation("an upload can only be appended to")
+        self._check_appendable()
         view = memoryview(data).cast("B")
         n = len(view)
         self._hash.update(view)
-        self._buffer += view
         self.size += n
         self._position = self.size
-        part_size = self._storage.part_size
-        while len(self._buffer) >= part_size:
-            with memoryview(self._buffer) as whole:
-                part = bytes(whole[:part_size])
-            del self._buffer[:part_size]
-            try:
-                self._send_part(part)
-            except BaseException:
-                # That part is lost: the upload can only be discarded now.
-                self._failed = True
-                raise
-            del part
+        while view:
+            part = self._part_buffer()
+            take = min(len(part) - self._fill, len(view))
+            part[self._fill:self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+            self._send_if_full()
         return n
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
@@ -199,9 +196,61 @@ class S3Upload:
         """Nothing to do: a part is sent as soon as it is full, the rest by ``place``."""
 
     def copy_from(self, stream, chunk_size: int = MiB) -> None:
-        """Copy a body stream in chunks (memory stays flat whatever the size)."""
-        while chunk := stream.read(chunk_size):
-            self.write(chunk)
+        """Copy a body stream in chunks of at most ``chunk_size`` (memory stays flat
+        whatever the size), straight into the part buffer when the stream has
+        ``readinto`` (files, werkzeug's request stream)."""
+        readinto = getattr(stream, "readinto", None)
+        if readinto is None:
+            while chunk := stream.read(chunk_size):
+                self.write(chunk)
+            return
+        self._check_appendable()
+        while True:
+            part = self._part_buffer()
+            end = min(len(part), self._fill + chunk_size)
+            with memoryview(part) as whole:
+                window = whole[self._fill:end]
+                n = readinto(window) or 0
+                self._hash.update(window[:n])
+                window.release()
+            if not n:
+                return
+            self._fill += n
+            self.size += n
+            self._position = self.size
+            self._send_if_full()
+
+    def _check_appendable(self) -> None:
+        if self.closed:
+            raise ValueError("write to a closed upload")
+        if self._failed:
+            raise StorageUnavailable("an earlier part of this upload could not be sent")
+        if self._position != self.size:
+            # Bytes already sent cannot be rewritten: only appending is possible.
+            raise io.UnsupportedOperation("an upload can only be appended to")
+
+    def _part_buffer(self) -> bytearray:
+        if self._part is None:
+            self._part = bytearray(self._storage.part_size)
+        return self._part
+
+    def _send_if_full(self) -> None:
+        if self._fill < len(self._part):
+            return
+        try:
+            self._send_part(self._part)
+        except BaseException:
+            # That part is lost: the upload can only be discarded now.
+            self._failed = True
+            raise
+        self._fill = 0
+
+    def _pending(self) -> bytes:
+        """The bytes gathered since the last part was sent."""
+        if not self._fill:
+            return b""
+        with memoryview(self._part) as whole:
+            return bytes(whole[:self._fill])
 
     @property
     def sha256(self) -> str:
@@ -209,7 +258,7 @@ class S3Upload:
 
     # -- the bucket side -----------------------------------------------------------------
 
-    def _send_part(self, body: bytes) -> None:
+    def _send_part(self, body) -> None:
         storage = self._storage
         if len(self._parts) >= MAX_PARTS:
             raise StorageUnavailable(
@@ -240,9 +289,9 @@ class S3Upload:
 
     def _complete(self) -> None:
         """Send what is buffered as the last part and complete the multipart upload."""
-        if self._buffer or not self._parts:
-            self._send_part(bytes(self._buffer))
-            self._buffer = bytearray()
+        if self._fill or not self._parts:
+            self._send_part(self._pending())
+            self._fill = 0
         with _store_errors("CompleteMultipartUpload"):
             self._storage.slow_client.complete_multipart_upload(
                 Bucket=self._storage.bucket, Key=self.key, UploadId=self._upload_id,
@@ -263,7 +312,7 @@ class S3Upload:
         if self.closed:
             return
         self.closed = True
-        self._buffer = bytearray()
+        self._part, self._fill = None, 0
         storage = self._storage
         try:
             if self._upload_id is not None:
@@ -396,6 +445,7 @@ class S3Storage:
         self.addressing_style = addressing_style
         self._credentials = (access_key_id, secret_access_key)
         self._clients: dict[str, object] = {}
+        self._session = None
         self._clients_pid: int | None = None
 
     @classmethod
@@ -436,6 +486,7 @@ class S3Storage:
         pid = os.getpid()
         if self._clients_pid != pid:
             self._clients = {}
+            self._session = None
             self._clients_pid = pid
         client = self._clients.get(kind)
         if client is None:
@@ -461,7 +512,11 @@ class S3Storage:
                 request_checksum_calculation="when_supported",
                 response_checksum_validation="when_required",
             )
-            session = boto3.session.Session()
+            if self._session is None:
+                # One session for the three clients: each session parses botocore's S3
+                # model anew (about 10 MiB), a client of an existing one reuses it.
+                self._session = boto3.session.Session()
+            session = self._session
             access_key_id, secret_access_key = self._credentials
             region = self.region or session.region_name or "us-east-1"
             client = session.client(
@@ -550,7 +605,7 @@ class S3Storage:
                 # with its SHA-256 for the stores that check it (AWS does).
                 with _store_errors("PutObject"):
                     self.client.put_object(
-                        Bucket=self.bucket, Key=target, Body=bytes(upload._buffer),
+                        Bucket=self.bucket, Key=target, Body=upload._pending(),
                         ContentType="application/octet-stream", Metadata=metadata,
                         ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode("ascii"),
                     )
@@ -563,7 +618,7 @@ class S3Storage:
             raise
         upload.placed = True
         upload.closed = True
-        upload._buffer = bytearray()
+        upload._part, upload._fill = None, 0
         if upload.started or upload._parts:
             try:
                 self._delete_key(upload.key)
