@@ -202,6 +202,30 @@ def test_werkzeug_multipart_parser_streams_a_file_part_into_the_bucket(rclone, s
     assert_only_blobs(rclone, storage, [upload.sha256])
 
 
+def test_copy_from_a_raw_body_stream(rclone, storage):
+    """A raw PUT body: werkzeug's LimitedStream (read straight into the part buffer with
+    readinto), and a stream that only has read()."""
+    from werkzeug.wsgi import LimitedStream
+
+    class ReadOnly:
+        def __init__(self, data):
+            self._stream = io.BytesIO(data)
+
+        def read(self, n=-1):
+            return self._stream.read(n)
+
+    shas = []
+    for data, make in ((payload(9 * MiB + 17), lambda d: LimitedStream(io.BytesIO(d), len(d))),
+                       (payload(5 * MiB + 3), ReadOnly)):
+        with storage.new_upload() as upload:
+            upload.copy_from(make(data))
+            assert upload.size == len(data) and upload.sha256 == hashlib.sha256(data).hexdigest()
+            assert storage.place(upload, MTIME)
+        assert read_all(storage, upload.sha256) == data
+        shas.append(upload.sha256)
+    assert_only_blobs(rclone, storage, shas)
+
+
 def test_an_upload_is_append_only(storage):
     with storage.new_upload() as upload:
         upload.write(b"abc")
