@@ -485,6 +485,9 @@ def test_wrong_credentials_are_refused(rclone):
     {"STORAGE_URL": "s3://bucket/x", "S3_ACCESS_KEY_ID": "only-the-id"},
     {"STORAGE_URL": "s3://bucket/x", "S3_SECRET_ACCESS_KEY": "only-the-secret"},
     {"STORAGE_URL": "s3://bucket/x", "S3_PART_SIZE": str(4 * MiB)},
+    {"STORAGE_URL": "s3://bucket/x", "S3_ADDRESSING_STYLE": "sideways"},
+    {"STORAGE_URL": "s3://bucket/x", "S3_READ_TIMEOUT": "0"},
+    {"STORAGE_URL": "s3://bucket/x", "S3_MAX_ATTEMPTS": "0"},
 ])
 def test_from_config_refuses_bad_settings(settings):
     with pytest.raises(ValueError):

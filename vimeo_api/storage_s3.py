@@ -427,6 +427,10 @@ class S3Storage:
             raise ValueError("copy part size must lie between 5 MiB and 5 GiB")
         if not 1 <= list_page_size <= 1000:
             raise ValueError("list page size must lie between 1 and 1000")
+        if addressing_style not in (None, "auto", "path", "virtual"):
+            raise ValueError("S3_ADDRESSING_STYLE must be auto, path or virtual")
+        if connect_timeout <= 0 or read_timeout <= 0 or max_attempts < 1:
+            raise ValueError("S3 timeouts must be positive and S3_MAX_ATTEMPTS at least 1")
         self.bucket = bucket
         self.prefix = _normalise_prefix(prefix)
         self.endpoint_url = endpoint_url or None
