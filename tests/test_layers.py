@@ -47,3 +47,16 @@ def test_no_module_imports_itself_through_others():
             if imported.startswith("vimeo_api") and graph.chain_exists(importer=imported, imported=importer):
                 circles.append((importer, imported))
     assert circles == []
+
+
+def test_every_module_has_its_layer():
+    """A module left out of the contract would escape it."""
+    text = (ROOT / ".importlinter").read_text()
+    listed = set()
+    for line in text.split("layers =", 1)[1].splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            listed |= {name.strip() for name in line.replace(":", "|").split("|")}
+    modules = {path.stem for path in (ROOT / "vimeo_api").glob("*.py") if path.stem != "__init__"}
+    assert modules - listed == set()
+    assert listed - modules == set()
