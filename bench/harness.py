@@ -106,8 +106,9 @@ def delete_redis_keys(prefix: str, databases=(1, 2)) -> None:
 
 def app_env(db_url: str, storage: Path, public_url: str, bind: str, **extra: str) -> dict[str, str]:
     """The environment of a benchmark's gunicorn: none of the caller's VIMEO_/GUNICORN_
-    settings, a throwaway database and storage, no embedded sweep, no access log (nginx
-    logs every request, the app its JSON line), plus ``extra``."""
+    settings, a throwaway database and storage, no embedded sweep, gunicorn's access log
+    as it is by default (off: nginx logs every request, the app its JSON line), plus
+    ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIMEO_", "GUNICORN_"))}
     env.update({
         "VIMEO_DATABASE_URL": db_url,
@@ -116,7 +117,6 @@ def app_env(db_url: str, storage: Path, public_url: str, bind: str, **extra: str
         "VIMEO_EMBEDDED_SWEEP_INTERVAL": "0",
         "GUNICORN_BIND": bind,
         "GUNICORN_KEEPALIVE": "75",  # longer than nginx's upstream keepalive_timeout
-        "GUNICORN_ACCESSLOG": "/dev/null",
     })
     env.update(extra)
     return env
@@ -265,8 +265,7 @@ class Baselines:
     * ``fastapi``: bench/baselines/fastapi_file.py under uvicorn, as many worker processes
       as gunicorn's (``uvicorn --workers``, uvicorn's own process manager: gunicorn's
       uvicorn worker class has moved out of uvicorn into a package of its own), uvloop and
-      httptools, no access log (the app's gunicorn writes its own to /dev/null in the
-      benchmarks), a keep-alive longer than nginx's upstream keepalive_timeout like the
+      httptools, no access log (gunicorn writes none by default either), a keep-alive longer than nginx's upstream keepalive_timeout like the
       app's.
 
     The ports are chosen when nginx is rendered (``nginx_locations``, ``nginx_upstreams``);

@@ -78,3 +78,46 @@ def test_ttl_zero_hashes_on_every_request(make_app, hashes):
     for _ in range(2):
         assert client.get(f"{API}/file/{up['filehash']}", headers={"X-Password": "right one"}).status_code == 200
     assert hashes == ["right one", "right one"]
+
+
+def test_a_remembered_password_survives_the_shared_cache_failing(app, client, hashes, monkeypatch):
+    """Under load a Redis call may time out and open the breaker; a worker must not then
+    compute the slow hash on every request (that made the load worse)."""
+    up = secret_file(client)
+    url = f"{API}/file/{up['filehash']}"
+    assert client.get(url, headers={"X-Password": "right one"}).status_code == 200
+
+    def down(*args, **kwargs):
+        raise ConnectionError("cache down")
+
+    with app.app_context():
+        monkeypatch.setattr(cache.cache, "get", down)
+        monkeypatch.setattr(cache.cache, "get_many", down)
+    for _ in range(3):
+        assert client.get(url, headers={"X-Password": "right one"}).status_code == 200
+    assert hashes == ["right one"]
+
+
+def test_another_process_uses_the_shared_entry_and_keeps_it_no_longer(make_app, hashes, monkeypatch):
+    """Two apps on one shared cache (two gunicorn workers): the second does not hash a
+    password the first checked, and keeps it in memory only as long as the shared entry."""
+    from vimeo_api import password_cache
+
+    shared = {}
+    first, second = make_app(), make_app()
+    for app in (first, second):
+        with app.app_context():
+            monkeypatch.setattr(cache.cache, "get", lambda key, shared=shared: shared.get(key), raising=False)
+            monkeypatch.setattr(cache.cache, "set", lambda key, value, timeout=None, shared=shared: shared.__setitem__(key, value) or True, raising=False)
+    up = secret_file(first.test_client())
+    url = f"{API}/file/{up['filehash']}"
+    assert first.test_client().get(url, headers={"X-Password": "right one"}).status_code == 200
+    assert second.test_client().get(url, headers={"X-Password": "right one"}).status_code == 200
+    assert hashes == ["right one"]
+    [key] = [k for k in shared if k.startswith(password_cache.VERIFIED)]
+    with second.app_context():
+        [(local_key, until)] = second.extensions["vimeo_password_cache"].entries.items()
+    assert key == password_cache.VERIFIED + local_key
+    import time
+
+    assert until - time.monotonic() <= shared[key] - time.time() + 0.5

@@ -13,7 +13,7 @@ import uuid
 from flask import Flask, g, request
 from sqlalchemy import event
 
-from . import config, delivery, grants, limits, logs, metacache, observability, queue, storage
+from . import config, delivery, grants, limits, logs, metacache, observability, password_cache, queue, storage
 from .celery_app import celery_init_app
 from .errors import register_error_handlers
 from .extensions import cache, db
@@ -50,6 +50,7 @@ def register_extensions(app: Flask, *, migrations: bool = True) -> None:
     delivery.init_app(app)
     # The domain's listeners: the metadata cache, nginx's grants and the task queue.
     metacache.init_app(app)
+    password_cache.init_app(app)
     grants.init_app(app)
     queue.init_app(app)
     limits.init_app(app)

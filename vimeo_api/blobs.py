@@ -61,10 +61,11 @@ def add_ref(sha256: str) -> None:
     )
 
 
-def release_ref(sha256: str, now: datetime) -> bool:
+def release_ref(sha256: str, now: datetime, connection=None) -> bool:
     """One user fewer; at zero the bytes may go after the grace period. Returns whether
-    the count reached zero (the caller announces it after committing)."""
-    row = db.session.execute(
+    the count reached zero (the caller announces it after committing). ``connection``: a
+    Core connection whose transaction this joins (default: the session's)."""
+    row = (connection or db.session).execute(
         update(Blob)
         .where(Blob.sha256 == sha256)
         .values(

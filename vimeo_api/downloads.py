@@ -61,9 +61,9 @@ def _send_claimed(offer: Offer) -> Response:
     try:
         blob = sender.prepare(resource.sha256, decision)
     except BaseException:
-        files.abandon_claim()
+        offer.claimed.abandon()
         raise
-    files.finish_claim(offer.claimed)
+    offer.claimed.commit()
     return sender.send(resource, blob, decision, content_headers(resource, offer.klass))
 
 
