@@ -13,7 +13,7 @@ import uuid
 from flask import Flask, g, request
 from sqlalchemy import event
 
-from . import config, limits, logs, metacache, observability
+from . import config, limits, logs, metacache, observability, resumable
 from .errors import register_error_handlers
 from .extensions import cache, db
 from .storage import LocalStorage
@@ -50,6 +50,7 @@ def register_extensions(app: Flask, *, migrations: bool = True) -> None:
     metacache.init_app(app)
     limits.init_app(app)
     app.extensions["vimeo_storage"] = LocalStorage(app.config["STORAGE_DIR"])
+    resumable.init_app(app)
     celery_init_app(app)
     observability.init_app(app)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
@@ -58,9 +59,11 @@ def register_extensions(app: Flask, *, migrations: bool = True) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import api, content, fastpath, health, openapi, operators
+    from . import api, content, fastpath, health, openapi, operators, tus
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(tus.bp)
+    tus.init_app(app)
     app.register_blueprint(content.bp)
     app.register_blueprint(operators.bp)
     app.register_blueprint(health.bp)

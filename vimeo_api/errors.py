@@ -26,6 +26,9 @@ PHRASES = {
     413: "Request Entity Too Large",
     415: "Unsupported Media Type",
     416: "Range Not Satisfiable",
+    # tus: another request is writing to the upload; a chunk's checksum did not match.
+    423: "Locked",
+    460: "Checksum Mismatch",
     429: "Too Many Requests",
     500: "Internal Server Error",
     502: "Bad Gateway",
