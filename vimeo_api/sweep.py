@@ -2,8 +2,9 @@
 
 It works in bounded batches, one transaction each, so memory stays flat however much is
 due: expired files are marked gone, versions of deleted or expired files are retired,
-temporary uploads left by killed processes are removed, stored bytes that no row knows
-are adopted as releasable blobs, and blobs nothing uses whose grace is over lose their
+temporary uploads left by killed processes are removed, unfinished resumable uploads
+past their expiry are removed, stored bytes that no row knows are adopted as releasable
+blobs, and blobs nothing uses whose grace is over lose their
 bytes. The orphan scan walks the whole storage directory, so it runs less often
 (``ORPHAN_SWEEP_INTERVAL``) than the rest (``SWEEP_INTERVAL``).
 """
@@ -22,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from . import fastcount, fastpath, files, observability, versions
+from . import fastcount, fastpath, files, observability, resumable, versions
 from .extensions import db
 from .models import Blob, utcnow
 
@@ -42,6 +43,9 @@ class SweepReport:
     stale_grants: int = 0
     stale_uploads: int = 0
     orphans: int = 0
+    # Unfinished resumable (tus) uploads past Upload-Expires, and completed ones whose
+    # answer to HEAD is no longer kept: bytes and rows.
+    expired_uploads: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -59,8 +63,11 @@ def run(batch_size: int | None = None, orphans: bool = True) -> SweepReport:
     report.retired = drain(versions.retire_due, batch_size)
     storage = files.storage()
     report.stale_uploads = storage.remove_stale_uploads(cfg["STALE_UPLOAD_SECONDS"])
+    report.expired_uploads = drain(resumable.remove_expired, batch_size)
     if orphans:
         report.orphans = remove_orphans(batch_size, cfg["STALE_UPLOAD_SECONDS"])
+        # Resumable uploads' bytes that no row knows are temporary files like the above.
+        report.stale_uploads += resumable.remove_orphans(cfg["STALE_UPLOAD_SECONDS"])
     # Last, so that orphans adopted just now lose their bytes in this same sweep.
     report.released = drain(files.release_due_blobs, batch_size)
     if any(asdict(report).values()):
