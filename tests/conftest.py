@@ -97,7 +97,7 @@ def make_app(tmp_path, request):
     for app, name in apps:
         with app.app_context():
             if name == "postgresql":
-                db.session.execute(text("TRUNCATE files, blobs, versions, api_tokens RESTART IDENTITY CASCADE"))
+                db.session.execute(text("TRUNCATE files, blobs, versions, api_tokens, resumable_uploads RESTART IDENTITY CASCADE"))
                 db.session.commit()
             db.session.remove()
             db.engine.dispose()
@@ -176,7 +176,7 @@ def gunicorn_server(tmp_path, request):
         else:  # the run's shared database: start from empty tables, as make_app does
             engine = create_engine(db_url)
             with engine.begin() as conn:
-                conn.execute(text("TRUNCATE files, blobs, versions, api_tokens RESTART IDENTITY CASCADE"))
+                conn.execute(text("TRUNCATE files, blobs, versions, api_tokens, resumable_uploads RESTART IDENTITY CASCADE"))
             engine.dispose()
         log_path = tmp_path / f"gunicorn-{port}.log"
         proc = spawn(gunicorn_command(), env, log_path)

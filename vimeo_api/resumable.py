@@ -236,17 +236,26 @@ def append(upload_id: str, stream, *, offset: int, content_length: int | None,
     """
     cfg = current_app.config
     upload = find(upload_id)
+    if upload.status != UploadStatus.OPEN:
+        # Complete already (its last answer was lost): the client learns it from the offset.
+        raise OffsetMismatch(upload.upload_offset)
     try:
         chunks = storage().open_resumable(upload_id)
     except UploadLocked:
         raise UploadBusy(upload_id) from None
     except UploadMissing:
+        # Completed (its bytes are the file's now) or removed since we read the row.
+        now = db.session.execute(
+            select(ResumableUpload.status, ResumableUpload.upload_offset).where(ResumableUpload.id == upload.id)
+        ).first()
+        db.session.rollback()
+        if now is not None and now.status != UploadStatus.OPEN:
+            raise OffsetMismatch(now.upload_offset) from None
         raise UploadNotFound(upload_id) from None
     with chunks:
         # Under the lock: the row as the last writer left it.
         db.session.refresh(upload)
         if upload.status != UploadStatus.OPEN:
-            # Complete already (its last answer was lost): the client learns it from the offset.
             raise OffsetMismatch(upload.upload_offset)
         start = upload.upload_offset
         if chunks.length() != start:
