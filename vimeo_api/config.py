@@ -80,8 +80,9 @@ DEFAULTS: dict[str, object] = {
     # Tests only: seconds release_blob_task waits between deleting a blob's row and
     # unlinking its bytes, so a test can kill a worker inside a deletion. Keep it 0.
     "TEST_RELEASE_DELAY": 0,
-    # Tests only: seconds a tus chunk pauses after its first MiB is written, so that a
-    # test can kill a worker mid-chunk behind nginx (which hands chunks over at once).
+    # Tests only: while <STORAGE_DIR>/TEST_RESUMABLE_PAUSE exists, a tus chunk pauses
+    # (at most this many seconds) after its first MiB, so that a test can kill a worker
+    # mid-chunk behind nginx (which hands chunks over at once). Keep it 0.
     "TEST_RESUMABLE_PAUSE": 0,
     # Signed download tokens: a list of keys, the first signs and all verify. Empty: a
     # random key generated once in the instance folder (set real keys in production).

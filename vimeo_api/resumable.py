@@ -331,15 +331,22 @@ def append(upload_id: str, stream, *, offset: int, content_length: int | None,
 
 
 def _write(chunks, stream, start: int, room: int, observers) -> int:
-    """The chunk's bytes at ``start`` (pausing once, in tests only: TEST_RESUMABLE_PAUSE)."""
-    pause = float(current_app.config["TEST_RESUMABLE_PAUSE"])
-    if not pause:
+    """The chunk's bytes at ``start``. Tests only (TEST_RESUMABLE_PAUSE): while the file
+    ``<STORAGE_DIR>/TEST_RESUMABLE_PAUSE`` exists, a chunk waits after its first MiB,
+    holding the upload's lock, so a test can kill the worker or send a rival chunk."""
+    cfg = current_app.config
+    pause = float(cfg["TEST_RESUMABLE_PAUSE"])
+    marker = os.path.join(cfg["STORAGE_DIR"], "TEST_RESUMABLE_PAUSE")
+    if not pause or not os.path.exists(marker):
         return chunks.append(stream, start, room, observers)
-    end = chunks.append(stream, start, min(room, 1024 * 1024), observers)
-    if end - start < min(room, 1024 * 1024):
+    first = min(room, 1024 * 1024)
+    end = chunks.append(stream, start, first, observers)
+    if end - start < first:
         return end
-    log.warning("TEST_RESUMABLE_PAUSE: pid %d pausing %ss inside a chunk", os.getpid(), pause)
-    time.sleep(pause)
+    log.warning("TEST_RESUMABLE_PAUSE: pid %d paused inside a chunk", os.getpid())
+    deadline = time.monotonic() + pause
+    while os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return chunks.append(stream, end, room - (end - start), observers)
 
 
