@@ -179,6 +179,8 @@ def require_tus_version():
 @bp.route("/<upload_id>", methods=["OPTIONS"], endpoint="discover_upload")
 def discover(upload_id=None):
     """What this server supports (tus OPTIONS)."""
+    if upload_id is not None:
+        _checked_id(upload_id)
     response = _empty(204)
     response.headers["Tus-Version"] = TUS_VERSION
     response.headers["Tus-Extension"] = EXTENSIONS
