@@ -34,14 +34,10 @@ TUS_OPTION_KEYS = ("password", "max_downloads", "expires_in")
 
 
 def _tus_headers_judgeable(context, headers: dict) -> bool:
-    """A tus creation takes exactly one of Upload-Length and Upload-Defer-Length, and
-    Upload-Metadata's keys are unique with base64 values that, for the keys the API reads,
-    decode to valid options: rules between headers, or inside one, that OpenAPI cannot
-    express. A generated request breaking them would be called an accepted invalid one,
+    """Upload-Metadata's keys are unique, with base64 values that, for the keys the API
+    reads, decode to valid options: rules inside one header that OpenAPI cannot express. A generated request breaking them would be called an accepted invalid one,
     or a refused valid one, for the wrong reason."""
     names = {name.lower(): value for name, value in headers.items()}
-    if ("upload-length" in names) == ("upload-defer-length" in names) and _operation_id(context) == "tusCreate":
-        return False
     metadata = names.get("upload-metadata")
     if metadata is None:
         return True
@@ -98,5 +94,9 @@ def _multipart(context) -> bool:
 def _operation_id(context) -> str | None:
     operation = getattr(context, "operation", None)
     definition = getattr(operation, "definition", None)
-    raw = getattr(definition, "raw", None) or {}
-    return raw.get("operationId") if isinstance(raw, dict) else None
+    raw = getattr(definition, "raw", None)
+    if isinstance(raw, dict) and "operationId" in raw:
+        return raw["operationId"]
+    label = getattr(operation, "label", "") or ""
+    return {"POST /vimeo/api/v1.0/tus/": "tusCreate",
+            "PATCH /vimeo/api/v1.0/tus/{upload_id}": "tusAppend"}.get(label)
