@@ -107,7 +107,7 @@ def tus_upload(base: str, source: Path, sha256: str, chunk: int, app_pid: int) -
                 answer = session.patch(url, data=data, timeout=600, headers={
                     **V, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"})
                 last = time.monotonic() - t0
-                assert answer.status_code == 204, answer.text
+                assert answer.status_code == 204, (base, offset, answer.text)
                 offset = int(answer.headers["Upload-Offset"])
         seconds = time.monotonic() - start
     finally:

@@ -517,3 +517,12 @@ def test_a_rotated_signing_key_withholds_the_owner_token_rather_than_tell_a_wron
     assert answer.headers["X-File-Url"] and "X-Owner-Token" not in answer.headers
     with app.app_context():
         db.session.remove()
+
+
+def test_a_chunk_larger_than_max_resumable_chunk_size_is_413(make_app):
+    app = make_app(backend="sqlite", MAX_RESUMABLE_CHUNK_SIZE=1000)
+    target = _flask_target(app)
+    location = created(target, 5000)
+    is_json_error(patch(target, location, 0, DATA[:1001]), 413)
+    assert head(target, location).headers["Upload-Offset"] == "0"
+    assert patch(target, location, 0, DATA[:1000]).status == 204

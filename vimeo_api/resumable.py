@@ -36,6 +36,7 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import delete, func, select, update
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import files, security, signing
 from .extensions import db
@@ -225,7 +226,8 @@ def _check_free_space(needed: int) -> None:
 # -- writing ---------------------------------------------------------------------------
 
 def append(upload_id: str, stream, *, offset: int, content_length: int | None,
-           length: int | None = None, checksum: Checksum | None = None) -> Progress:
+           length: int | None = None, checksum: Checksum | None = None,
+           chunk_limit: int | None = None) -> Progress:
     """Apply one chunk (a PATCH's body, or a creation's) at ``offset``.
 
     ``length`` is the Upload-Length the request names (a deferred one is set by it).
@@ -233,6 +235,8 @@ def append(upload_id: str, stream, *, offset: int, content_length: int | None,
     (``OffsetMismatch``), when it would pass the length (``UploadTooLarge``) or when
     its checksum does not match (``ChecksumMismatch``). Without a checksum, bytes that
     arrived before the client went away are kept (``ClientGone`` after recording them).
+    ``chunk_limit`` bounds a body of unknown length (chunked): reading stops there, and a
+    body going on past it is refused whole.
     """
     cfg = current_app.config
     upload = find(upload_id)
@@ -292,9 +296,10 @@ def append(upload_id: str, stream, *, offset: int, content_length: int | None,
             observers.append(chunk_hash)
 
         gone = None
+        limit = room if content_length is not None or chunk_limit is None else min(room, chunk_limit)
         try:
-            end = _write(chunks, stream, start, room, observers)
-            if content_length is None and end - start == room and _more(stream):
+            end = _write(chunks, stream, start, limit, observers)
+            if content_length is None and end - start == limit and _more(stream):
                 chunks.truncate(start)
                 raise UploadTooLarge("The chunk goes past the upload's length." if total is not None
                                      else "The upload would be larger than the maximum.")
@@ -354,7 +359,9 @@ def _more(stream) -> bool:
     """Whether a body goes on past what was read (a chunked one has no Content-Length)."""
     try:
         return bool(stream.read(1))
-    except Exception:
+    except RequestEntityTooLarge:  # werkzeug's bound on the body: there was more
+        return True
+    except Exception:  # the client went away right at the end: nothing more came
         return False
 
 

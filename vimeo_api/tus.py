@@ -163,8 +163,10 @@ def file_fields(header: str | None) -> resumable.FileFields:
 def require_tus_version():
     """Tus-Resumable on every request but OPTIONS, or 412 without processing it."""
     # Chunks are bounded by the upload's length and MAX_RESUMABLE_CHUNK_SIZE, not by
-    # the single-request MAX_UPLOAD_SIZE.
-    request.max_content_length = current_app.config["MAX_RESUMABLE_CHUNK_SIZE"]
+    # the single-request MAX_UPLOAD_SIZE. One byte more for werkzeug: at its bound it
+    # cannot tell a body that ends there from one that goes on (resumable.append
+    # enforces the bound itself, and _chunk_body a Content-Length past it).
+    request.max_content_length = current_app.config["MAX_RESUMABLE_CHUNK_SIZE"] + 1
     if request.method == "OPTIONS":
         return None
     if request.headers.get("Tus-Resumable", "").strip() != TUS_VERSION:
@@ -204,7 +206,7 @@ def create_upload():
     if content_length or length == 0:
         try:
             progress = resumable.append(upload.upload_id, stream, offset=0, content_length=content_length,
-                                        checksum=checksum)
+                                        checksum=checksum, chunk_limit=_chunk_limit())
         except (resumable.ChecksumMismatch, resumable.ClientGone) as exc:
             return _refused(exc, headers)
         headers["Upload-Offset"] = str(progress.upload.upload_offset)
@@ -237,7 +239,7 @@ def append_chunk(upload_id):
     stream, content_length = _chunk_body(required=True)
     try:
         progress = resumable.append(upload_id, stream, offset=offset, content_length=content_length,
-                                    length=length, checksum=checksum)
+                                    length=length, checksum=checksum, chunk_limit=_chunk_limit())
     except (resumable.ChecksumMismatch, resumable.ClientGone) as exc:
         return _refused(exc, {})
     return _answer(204, progress, {"Upload-Offset": str(progress.upload.upload_offset)})
@@ -292,6 +294,9 @@ def _chunk_body(required: bool):
             raise BadRequest("The chunk could not be read.")
         return handle, size
     content_length = request.content_length
+    if content_length is not None and content_length > current_app.config["MAX_RESUMABLE_CHUNK_SIZE"]:
+        raise resumable.UploadTooLarge(
+            f"A chunk is at most {current_app.config['MAX_RESUMABLE_CHUNK_SIZE']} bytes (MAX_RESUMABLE_CHUNK_SIZE).")
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     if request.mimetype != CHUNK_TYPE:
         if required or content_length or chunked:
@@ -300,6 +305,10 @@ def _chunk_body(required: bool):
     if content_length is None and not chunked:
         return io.BytesIO(), 0
     return request.stream, content_length
+
+
+def _chunk_limit() -> int:
+    return current_app.config["MAX_RESUMABLE_CHUNK_SIZE"]
 
 
 class _UnsupportedChunkType(Exception):
