@@ -526,3 +526,12 @@ def test_a_chunk_larger_than_max_resumable_chunk_size_is_413(make_app):
     is_json_error(patch(target, location, 0, DATA[:1001]), 413)
     assert head(target, location).headers["Upload-Offset"] == "0"
     assert patch(target, location, 0, DATA[:1000]).status == 204
+
+
+def test_nginx_refuses_a_chunk_past_its_body_limit_as_json_with_the_tus_version(stack_target):
+    """nginx's own errors in the tus routes are the API's JSON, with Tus-Resumable too."""
+    location = created(stack_target, 100 * 1024 * 1024)
+    answer = patch(stack_target, location, 0, b"\0" * (64 * 1024 * 1024 + 1))
+    is_json_error(answer, 413)
+    assert head(stack_target, location).headers["Upload-Offset"] == "0"
+    assert "Tus-Resumable" not in stack_target.request("GET", "/file/" + "0" * 32).headers
