@@ -348,11 +348,15 @@ def test_kill_9_of_the_worker_mid_chunk_then_resume_is_byte_identical(pausing_de
     sender.start()
     pid = _wait_for_pause(deployment, lines)
     assert Path(deployment.storage_dir, "resumable", url.rsplit("/", 1)[1]).stat().st_size > chunk
-    os.kill(pid, signal.SIGKILL)
+    victim = psutil.Process(pid)  # is_running() below holds even if the pid is reused
+    victim.send_signal(signal.SIGKILL)
     marker.unlink()
     sender.join(timeout=60)
     assert failures and failures[0] != 204, "the killed worker's chunk was acknowledged"
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    deadline = time.monotonic() + 10
+    while victim.is_running() and victim.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE
 
     # Never ahead of what is durable: the cut chunk was not acknowledged.
     head = requests.head(url, headers=V, timeout=10)

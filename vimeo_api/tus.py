@@ -203,7 +203,8 @@ def create_upload():
     upload = resumable.create(length, fields)
     headers = {"Location": f"{PREFIX}/{upload.upload_id}"}
     progress = resumable.Progress(upload)
-    if content_length or length == 0:
+    # content_length is None for a chunked body, 0 when there is none.
+    if content_length != 0 or length == 0:
         try:
             progress = resumable.append(upload.upload_id, stream, offset=0, content_length=content_length,
                                         checksum=checksum, chunk_limit=_chunk_limit())
@@ -275,8 +276,9 @@ def _creation_length() -> int | None:
 
 
 def _chunk_body(required: bool):
-    """(stream, Content-Length) of the request's chunk: the body file nginx wrote (the
-    stack, see nginx.conf), or the request's own stream."""
+    """(stream, length) of the request's chunk: the body file nginx wrote (the stack, see
+    nginx.conf), or the request's own stream; the length is 0 without a body and None
+    for a chunked one."""
     body_file = request.headers.get(offload.BODY_FILE_HEADER)
     if body_file and current_app.config["UPLOAD_OFFLOAD"]:
         if request.mimetype != CHUNK_TYPE:
