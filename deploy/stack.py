@@ -120,6 +120,7 @@ class NginxSettings:
     log_dir: str | None = None  # access.log and error.log; default: runtime_dir
     pid_file: str | None = None  # default: <runtime_dir>/nginx.pid
     max_body_size: int = 16 * MiB  # the app's MAX_UPLOAD_SIZE
+    max_chunk_size: int = 64 * MiB  # the app's MAX_RESUMABLE_CHUNK_SIZE (tus)
     # nginx's worker user: the user gunicorn runs as, so the app can read and rename
     # the 0600 body files nginx writes. None: the user running this (root included).
     user: str | None = None
@@ -153,6 +154,7 @@ def render_nginx(settings: NginxSettings) -> str:
         "app_address": settings.app_address,
         "storage_dir": os.path.abspath(settings.storage_dir),
         "max_body_size": str(int(settings.max_body_size)),
+        "max_chunk_size": str(int(settings.max_chunk_size)),
         "extra_locations": settings.extra_locations,
         "extra_http": settings.extra_http,
         "json_errors": nginx_errors(int(settings.max_body_size)),
@@ -322,6 +324,7 @@ def stack_nginx_settings(env: dict[str, str]) -> NginxSettings:
         runtime_dir=os.path.join(stack_dir, "nginx"),
         log_dir=os.path.join(stack_dir, "log"),
         max_body_size=int(env.get("VIMEO_MAX_UPLOAD_SIZE", 16 * MiB)),
+        max_chunk_size=int(env.get("VIMEO_MAX_RESUMABLE_CHUNK_SIZE", 64 * MiB)),
     )
 
 

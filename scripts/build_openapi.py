@@ -18,7 +18,8 @@ ref = lambda kind, name: {"$ref": f"#/components/{kind}/{name}"}
 PHRASES = ["Bad Request", "Unauthorized", "Forbidden", "Not Found", "Method not Allowed", "Request Timeout",
            "Conflict", "Gone", "Length Required", "Precondition Failed", "Request Entity Too Large", "URI Too Long",
            "Unsupported Media Type", "Range Not Satisfiable", "Too Many Requests", "Internal Server Error",
-           "Bad Gateway", "Service Unavailable", "Gateway Timeout", "Insufficient Storage"]
+           "Bad Gateway", "Service Unavailable", "Gateway Timeout", "Insufficient Storage", "Locked",
+           "Checksum Mismatch"]
 
 # Texts the API accepts for the options (form fields, headers, JSON strings): surrounding
 # whitespace is ignored; an empty value means "not given".
@@ -263,6 +264,36 @@ headers = {
     "WWWAuthenticateBasic": {"description": 'Basic realm="vimeo_api"', "required": True, "schema": {"type": "string", "pattern": "^[Bb]asic"}},
     "WWWAuthenticateBearer": {"required": True, "schema": {"type": "string", "pattern": "^[Bb]earer"}},
 }
+# tus 1.0.0 (vimeo_api/tus.py).
+headers.update({
+    "TusResumable": {"description": "The tus version of the answer.", "required": True, "schema": {"const": "1.0.0"}},
+    "TusVersion": {"description": "The tus versions this server speaks.", "required": True, "schema": {"const": "1.0.0"}},
+    "TusExtension": {"required": True, "schema": {
+        "const": "creation,creation-defer-length,creation-with-upload,termination,checksum,expiration"}},
+    "TusMaxSize": {"description": "The largest upload, in bytes (MAX_RESUMABLE_UPLOAD_SIZE).", "required": True,
+                   "schema": {"type": "string", "pattern": r"^\d+$"}},
+    "TusChecksumAlgorithm": {"description": "Algorithms Upload-Checksum may name.", "required": True,
+                             "schema": {"const": "sha1,sha256,sha512,md5"}},
+    "UploadOffset": {"description": "Bytes of the upload received and on stable storage.", "required": True,
+                     "schema": {"type": "string", "pattern": r"^\d+$"}},
+    "UploadOffsetCreated": {"description": "With a body (creation-with-upload): the offset after it.",
+                            "required": False, "schema": {"type": "string", "pattern": r"^\d+$"}},
+    "UploadLength": {"description": "The upload's length (absent while deferred).", "required": False,
+                     "schema": {"type": "string", "pattern": r"^\d+$"}},
+    "UploadDeferLength": {"description": "1 while the length is not known yet.", "required": False,
+                          "schema": {"const": "1"}},
+    "UploadMetadataEcho": {"description": "Upload-Metadata as sent at creation, without the password.",
+                           "required": False, "schema": string},
+    "UploadExpires": {"description": "RFC 9110 date after which an unfinished upload is gone (each chunk moves it).",
+                      "required": False, "schema": string},
+    "TusLocation": {"description": "The new upload's URL, relative (/vimeo/api/v1.0/tus/<upload_id>).",
+                    "required": True, "schema": {"type": "string", "pattern": "^/vimeo/api/v1\\.0/tus/[0-9a-f]{32}$"}},
+    "XFileUrl": {"description": "Once the upload is complete: the file's download URL.", "required": False,
+                 "schema": string},
+    "XOwnerToken": {"description": "Once the upload is complete: the file's owner token (send it in X-Owner-Token "
+                                   "to manage the file). Told only to whoever knows the upload's URL.",
+                    "required": False, "schema": string},
+})
 rid = {"X-Request-Id": ref("headers", "XRequestId")}
 
 
@@ -290,6 +321,19 @@ responses = {
     "Unavailable": error("The database (or, for /readyz, any dependency) is unavailable.",
                          **{"Retry-After": "RetryAfter"}),
     "InsufficientStorage": error("The storage is full."),
+    "TusPreconditionFailed": error("Tus-Resumable is missing, or names a version this server does not speak.",
+                                   **{"Tus-Version": "TusVersion"}),
+    "TusNotFound": error("No upload at this address (never created, terminated, or removed after it expired)."),
+    "TusGone": error("The upload expired (Upload-Expires) and can no longer be resumed."),
+    "TusBadRequest": error("A tus header is missing or invalid, an option in Upload-Metadata is invalid, or the "
+                           "chunk named a checksum algorithm this server does not know (the chunk is discarded)."),
+    "TusTooLarge": error("More than MAX_RESUMABLE_UPLOAD_SIZE, a chunk past Upload-Length, or a body larger "
+                         "than MAX_RESUMABLE_CHUNK_SIZE."),
+    "TusOffsetMismatch": error("Upload-Offset is not the upload's offset (ask with HEAD); nothing changed."),
+    "TusLocked": error("Another request is writing to this upload; retry after it ends."),
+    "TusChecksumMismatch": error("The chunk does not match Upload-Checksum; it was discarded, the offset is unchanged."),
+    "TusUnsupportedMediaType": error("A chunk must be sent as Content-Type: application/offset+octet-stream."),
+    "TusInsufficientStorage": error("The upload would not fit in the free space (beside the other unfinished uploads)."),
 }
 
 
@@ -324,6 +368,24 @@ parameters = {
     "XExpiresIn": p("X-Expires-In", "header", "Seconds, or a number with s/m/h/d, or never.",
                     ref("schemas", "ExpiresInText"), example="2h"),
 }
+parameters.update({
+    "upload_id": p("upload_id", "path", "A resumable upload's id: 32 lowercase hex characters (128 random bits).",
+                   {"type": "string", "pattern": "^[0-9a-f]{32}$"}),
+    "TusResumableRequest": p("Tus-Resumable", "header", "The tus version the client speaks; anything else is 412.",
+                             {"type": "string", "enum": ["1.0.0"]}, required=True),
+    "UploadLengthCreate": p("Upload-Length", "header", "The whole upload's length in bytes (or send "
+                            "Upload-Defer-Length: 1 instead, and Upload-Length in a later PATCH).",
+                            {"type": "string", "pattern": "^(0|[1-9][0-9]{0,9})$"}, required=True, example="1048576"),
+    "UploadMetadata": p("Upload-Metadata", "header",
+                        "Comma-separated `key base64value` pairs. Read: `filename`, `filetype` (the content type), "
+                        "`password`, `max_downloads`, `expires_in`, with the meaning and defaults of the multipart "
+                        "fields; other keys are kept and echoed. Invalid options are 400.",
+                        string, example="filename dmlkZW8ubXA0,max_downloads Mw=="),
+    "UploadOffsetRequest": p("Upload-Offset", "header", "Where this chunk goes: the upload's current offset.",
+                             {"type": "string", "pattern": "^[0-9]{1,19}$"}, required=True),
+    "UploadLengthPatch": p("Upload-Length", "header", "A deferred upload's length, once known; fixed from then on.",
+                           {"type": "string", "pattern": "^[0-9]{1,19}$"}),
+})
 pr = lambda *names: [ref("parameters", n) for n in names]
 
 json_body = lambda name: {"application/json": {"schema": ref("schemas", name)}}
@@ -386,6 +448,17 @@ def download_responses(extra):
                          (416, "RangeNotSatisfiable"), (503, "Unavailable")),
     }
 
+
+# Headers whose rules involve other headers or the chunk itself, which a schema cannot
+# state (a fuzzer would take a wrong checksum or two length headers for valid input).
+TUS_PROSE_HEADERS = (
+    "Also read: `Upload-Defer-Length: 1` (creation, instead of Upload-Length: the length comes with a later "
+    "PATCH); `Upload-Checksum: <sha1|sha256|sha512|md5> <base64 digest of this request's chunk>` (a mismatch "
+    "is 460 and the chunk is discarded, an unknown algorithm 400)."
+)
+
+tus_discovery_headers = {"Tus-Version": "TusVersion", "Tus-Extension": "TusExtension", "Tus-Max-Size": "TusMaxSize",
+                         "Tus-Checksum-Algorithm": "TusChecksumAlgorithm", "Tus-Resumable": "TusResumable"}
 
 conditional = ("IfMatch", "IfNoneMatch", "IfModifiedSince", "IfUnmodifiedSince", "Range", "IfRange")
 
@@ -542,6 +615,82 @@ paths = {
                           **R((401, "UnauthorizedBearer"), (403, "Forbidden"), (404, "NotFound"), (503, "Unavailable"))},
         }
     },
+    P + "/tus/": {
+        "options": {
+            "operationId": "tusDiscover", "tags": ["resumable"], "summary": "What this tus server supports",
+            "description": "tus 1.0.0 discovery; no Tus-Resumable needed.",
+            "responses": {"204": resp("The server's tus capabilities.", None, tus_discovery_headers)},
+        },
+        "post": {
+            "operationId": "tusCreate", "tags": ["resumable"], "summary": "Create a resumable upload (tus creation)",
+            "description": "tus 1.0.0 creation, creation-defer-length and creation-with-upload (a body of "
+                           "application/offset+octet-stream is the first chunk, or all of it). Counts against "
+                           "UPLOAD_RATE_LIMIT. X-HTTP-Method-Override is honoured on every tus route. When the body "
+                           "completes the upload, X-File-Url and X-Owner-Token name the file. " + TUS_PROSE_HEADERS,
+            "parameters": pr("TusResumableRequest", "UploadLengthCreate", "UploadMetadata"),
+            "requestBody": {"required": False, "content": {"application/offset+octet-stream": {"schema": binary}}},
+            "responses": {
+                "201": resp("Created; resume or continue at Location.", None,
+                            {"Location": "TusLocation", "Tus-Resumable": "TusResumable", "Upload-Offset": "UploadOffsetCreated",
+                             "Upload-Expires": "UploadExpires", "X-File-Url": "XFileUrl",
+                             "X-Owner-Token": "XOwnerToken"}),
+                **R((400, "TusBadRequest"), (412, "TusPreconditionFailed"), (413, "TusTooLarge"),
+                    (415, "TusUnsupportedMediaType"), (429, "TooManyUploads"), (460, "TusChecksumMismatch"),
+                    (503, "Unavailable"), (507, "TusInsufficientStorage")),
+            },
+        },
+    },
+    P + "/tus/{upload_id}": {
+        "parameters": pr("upload_id"),
+        "options": {
+            "operationId": "tusDiscoverUpload", "tags": ["resumable"], "summary": "What this tus server supports",
+            "responses": {"204": resp("The server's tus capabilities.", None, tus_discovery_headers),
+                          **R((400, "TusBadRequest"), (404, "TusNotFound"))},
+        },
+        "head": {
+            "operationId": "tusStatus", "tags": ["resumable"], "summary": "Where an upload stands (tus HEAD)",
+            "description": "Upload-Offset is never ahead of what is on stable storage. Once complete, X-File-Url "
+                           "and X-Owner-Token name the file (until the upload expires). Never cached.",
+            "parameters": pr("TusResumableRequest"),
+            "responses": {
+                "200": resp("The upload's state.", None, {
+                    "Upload-Offset": "UploadOffset", "Upload-Length": "UploadLength",
+                    "Upload-Defer-Length": "UploadDeferLength", "Upload-Metadata": "UploadMetadataEcho",
+                    "Upload-Expires": "UploadExpires", "Cache-Control": "CacheControl",
+                    "Tus-Resumable": "TusResumable", "X-File-Url": "XFileUrl", "X-Owner-Token": "XOwnerToken"}),
+                **R((400, "TusBadRequest"), (404, "TusNotFound"), (410, "TusGone"), (412, "TusPreconditionFailed"),
+                    (503, "Unavailable")),
+            },
+        },
+        "patch": {
+            "operationId": "tusAppend", "tags": ["resumable"], "summary": "Send the next chunk (tus PATCH)",
+            "description": "The body goes at Upload-Offset, which must be the upload's offset. The new offset is "
+                           "on stable storage before it is answered. The chunk that completes the upload answers "
+                           "X-File-Url and X-Owner-Token: the file is hashed, deduplicated and stored like any upload. "
+                           + TUS_PROSE_HEADERS,
+            "parameters": pr("TusResumableRequest", "UploadOffsetRequest", "UploadLengthPatch"),
+            "requestBody": {"required": True, "content": {"application/offset+octet-stream": {"schema": binary}}},
+            "responses": {
+                "204": resp("Stored.", None, {"Upload-Offset": "UploadOffset", "Upload-Expires": "UploadExpires",
+                                              "Tus-Resumable": "TusResumable", "X-File-Url": "XFileUrl",
+                                              "X-Owner-Token": "XOwnerToken"}),
+                **R((400, "TusBadRequest"), (404, "TusNotFound"), (409, "TusOffsetMismatch"), (410, "TusGone"),
+                    (412, "TusPreconditionFailed"), (413, "TusTooLarge"), (415, "TusUnsupportedMediaType"),
+                    (423, "TusLocked"), (460, "TusChecksumMismatch"), (503, "Unavailable"),
+                    (507, "TusInsufficientStorage")),
+            },
+        },
+        "delete": {
+            "operationId": "tusTerminate", "tags": ["resumable"], "summary": "End an upload and free its bytes",
+            "description": "tus termination. A completed upload's file stays (delete it with its owner token).",
+            "parameters": pr("TusResumableRequest"),
+            "responses": {
+                "204": resp("Terminated.", None, {"Tus-Resumable": "TusResumable"}),
+                **R((400, "TusBadRequest"), (404, "TusNotFound"), (410, "TusGone"), (412, "TusPreconditionFailed"),
+                    (423, "TusLocked"), (503, "Unavailable")),
+            },
+        },
+    },
     P + "/openapi.json": {
         "get": {
             "operationId": "openapi", "tags": ["operations"], "summary": "This document",
@@ -574,7 +723,7 @@ doc = {
                        "unguessable URL. Every error is JSON (`Error`). Every answer carries X-Request-Id.",
     },
     "servers": [{"url": "/"}],
-    "tags": [{"name": n} for n in ("files", "downloads", "versions", "tokens", "operators", "operations")],
+    "tags": [{"name": n} for n in ("files", "resumable", "downloads", "versions", "tokens", "operators", "operations")],
     "paths": paths,
     "components": {
         "schemas": schemas,

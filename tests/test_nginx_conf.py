@@ -31,7 +31,9 @@ MAX_BODY = 12345
 REQUEST_ID = "0123456789abcdef0123456789abcdef"
 # nginx.conf's per-code extras, as they were before the template had a loop.
 RETRY_AFTER = {429: "1", 502: "5", 503: "5", 504: "5"}
-COMMON_HEADERS = "add_header Cache-Control no-store always; add_header X-Request-Id $request_id always;"
+# Tus-Resumable is empty (no header) outside the tus routes, "1.0.0" on them (nginx.conf's map).
+TUS_HEADER = "add_header Tus-Resumable $vimeo_tus_resumable always;"
+COMMON_HEADERS = f"{TUS_HEADER} add_header Cache-Control no-store always; add_header X-Request-Id $request_id always;"
 
 # `location @json_<code> { <directives> return <code> '<text>'; }` as nginx.conf writes them.
 LOCATION = re.compile(
@@ -169,7 +171,7 @@ def test_per_code_headers_are_unchanged(conf, code):
     headers = locations(conf)[code]["headers"].strip()
     if code == 416:
         # nginx's 416 comes after the blob location's add_header ran (see nginx.conf).
-        assert headers == ""
+        assert headers == TUS_HEADER
     elif code in RETRY_AFTER:
         assert headers == f"{COMMON_HEADERS} add_header Retry-After {RETRY_AFTER[code]} always;"
     else:

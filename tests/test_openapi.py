@@ -70,7 +70,7 @@ def test_it_is_served_as_json(client, backend):
 def test_every_route_is_documented_and_every_documented_operation_is_a_route(make_app):
     app = make_app(backend="sqlite")
     doc = document()
-    documented = {(path, method) for path, method in documented_operations(doc) if method != "head"}
+    documented = {(path, method) for path, method in documented_operations(doc) if method not in ("head", "options")}
     routed = app_operations(app)
     assert routed - documented == set(), "routes missing from the OpenAPI document"
     assert documented - routed == set(), "documented operations the app does not route"
@@ -88,6 +88,20 @@ def test_documented_head_operations_are_routed_and_downloads_document_head(make_
     # SPEC 3.2, 3.5, 3.6: HEAD is part of every download's contract.
     for path in ("/file/{filehash}", "/v/{version_id}", "/t/{token}"):
         assert "/vimeo/api/v1.0" + path in heads
+
+
+def test_documented_options_operations_are_routes_of_their_own(make_app):
+    """Flask answers OPTIONS on every route; only the tus routes answer it themselves,
+    and those are the documented ones."""
+    app = make_app(backend="sqlite")
+    adapter = app.url_map.bind("files.test")
+    documented = {path for path, method in documented_operations(document()) if method == "options"}
+    explicit = {openapi_path(rule.rule) for rule in app.url_map.iter_rules()
+                if "OPTIONS" in rule.methods and not getattr(rule, "provide_automatic_options", True)}
+    assert documented == explicit == {"/vimeo/api/v1.0/tus/", "/vimeo/api/v1.0/tus/{upload_id}"}
+    for path in documented:
+        rule, _ = adapter.match(re.sub(r"\{[^}]+\}", "0" * 32, path), method="OPTIONS", return_rule=True)
+        assert rule.endpoint.startswith("tus.")
 
 
 def test_path_parameters_match_the_rules(make_app):
@@ -164,13 +178,19 @@ exclude-header-characters = "\u0000\u0001\u0002\u0003\u0004\u0005\u0006\u0007\u0
 
 # Valid requests may meet a file's state: gone (410: used up, deleted, expired), stale
 # preconditions (412), a range past the end (416). None of these is a rejection of the data.
+# A tus upload may be longer than the server's configured maximum, or its body longer
+# than its Upload-Length (413), and a well-formed checksum may not match the chunk (460).
 [checks.positive_data_acceptance]
-expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "410", "412", "416", "429"]
+expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "410", "412", "413", "416", "429", "460"]
 
 # A gone file (410) or failed precondition (412) is answered before the body is read,
 # as a missing one (404) is.
 [checks.negative_data_rejection]
 expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "410", "412", "415", "422", "428", "429", "5xx"]
+
+# tus 1.0.0: a request without Tus-Resumable (a required header) is 412, the protocol's answer.
+[checks.missing_required_header]
+expected-statuses = ["400", "401", "403", "406", "412", "415", "422"]
 
 # Only the document's own links: inferred ones would make POST /versions and /tokens (with
 # made-up hashes) the stateful phase's entry points instead of the uploads.
@@ -180,7 +200,8 @@ algorithms = []
 
 
 def test_schemathesis_finds_no_failure_in_any_phase_including_stateful(gunicorn_server, tmp_path):
-    server = gunicorn_server(workers=2, threads=4)
+    # A small resumable maximum: the space promised to fuzzed tus uploads stays small.
+    server = gunicorn_server(workers=2, threads=4, VIMEO_MAX_RESUMABLE_UPLOAD_SIZE=1024 * 1024)
     token = live_operator_token(server.env)
     config = tmp_path / "schemathesis.toml"
     config.write_text(SCHEMATHESIS_CONFIG)
@@ -201,7 +222,7 @@ def test_schemathesis_finds_no_failure_in_any_phase_including_stateful(gunicorn_
         **os.environ,
         "ST_TOKEN": token,
         "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH")])),
         "NO_COLOR": "1",
     }
     run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=ST_MAX_TIME + 120)

@@ -13,7 +13,7 @@ import uuid
 from flask import Flask, g, request
 from sqlalchemy import event
 
-from . import config, delivery, grants, limits, logs, metacache, observability, password_cache, queue, storage
+from . import config, delivery, grants, limits, logs, metacache, observability, password_cache, queue, resumable, storage
 from .celery_app import celery_init_app
 from .errors import register_error_handlers
 from .extensions import cache, db
@@ -54,6 +54,7 @@ def register_extensions(app: Flask, *, migrations: bool = True) -> None:
     grants.init_app(app)
     queue.init_app(app)
     limits.init_app(app)
+    resumable.init_app(app)
     celery_init_app(app)
     observability.init_app(app)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
@@ -62,9 +63,11 @@ def register_extensions(app: Flask, *, migrations: bool = True) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import api, fastpath, health, links, openapi, operators
+    from . import api, fastpath, health, links, openapi, operators, tus
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(tus.bp)
+    tus.init_app(app)
     app.register_blueprint(links.bp)
     app.register_blueprint(operators.bp)
     app.register_blueprint(health.bp)
@@ -88,9 +91,10 @@ def register_request_hooks(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from .cli import cache_cli, files_cli, stats_command, tokens_cli
+    from .cli import cache_cli, files_cli, stats_command, tokens_cli, uploads_cli
 
     app.cli.add_command(files_cli)
+    app.cli.add_command(uploads_cli)
     app.cli.add_command(tokens_cli)
     app.cli.add_command(stats_command)
     app.cli.add_command(cache_cli)

@@ -1,4 +1,4 @@
-"""Operator commands: ``python manage.py files|tokens|stats|cache …``.
+"""Operator commands: ``python manage.py files|uploads|tokens|stats|cache …``.
 
 One click group per domain (Redash's layout). Listing commands take ``--json`` for
 scripts (one JSON object per line); failures exit non-zero with a one-line message.
@@ -194,6 +194,50 @@ def sweep_command(batch_size, as_json):
 def gc_command(batch_size, as_json):
     """Collect garbage now: the periodic sweep (expire, release, stale uploads, orphans)."""
     _sweep(batch_size, as_json)
+
+
+# -- resumable uploads ----------------------------------------------------------------
+
+uploads_cli = AppGroup("uploads", help="Unfinished resumable (tus) uploads.")
+
+
+@uploads_cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per upload.")
+def list_uploads_command(as_json):
+    """List unfinished uploads, oldest first (never their passwords)."""
+    from . import resumable
+
+    uploads = resumable.unfinished()
+    for upload in uploads:
+        row = {
+            "upload_id": upload.upload_id,
+            "offset": upload.upload_offset,
+            "length": upload.upload_length,
+            "filename": upload.filename,
+            "created_at": upload.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "expires_at": upload.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        if as_json:
+            _echo_json(row)
+        else:
+            length = "?" if row["length"] is None else row["length"]
+            click.echo(f"{row['upload_id']}\t{row['offset']}/{length}\t{row['expires_at']}\t{row['filename']}")
+    if not as_json:
+        click.echo(f"{len(uploads)} unfinished upload(s)", err=True)
+
+
+@uploads_cli.command("abort")
+@click.argument("upload_id")
+def abort_upload_command(upload_id):
+    """End an unfinished upload now: its bytes are removed and its URL answers 404."""
+    from . import resumable
+
+    try:
+        if not resumable.abort(upload_id.strip().lower()):
+            raise click.ClickException(f"no unfinished upload {upload_id}")
+    except resumable.UploadBusy:
+        raise click.ClickException(f"upload {upload_id} is receiving a chunk right now; try again") from None
+    click.echo(f"upload {upload_id} aborted")
 
 
 # -- tokens ---------------------------------------------------------------------------

@@ -16,6 +16,17 @@ DEFAULTS: dict[str, object] = {
     # trusted for it: see README "Public URL".
     "PUBLIC_URL": "http://127.0.0.1:8000",
     "MAX_UPLOAD_SIZE": 16 * MiB,
+    # Resumable (tus) uploads, vimeo_api/tus.py: the largest whole upload (Tus-Max-Size;
+    # creation also refuses, 507, what the free space cannot hold), and the largest body
+    # of one request (a chunk; nginx's client_max_body_size for the tus routes).
+    "MAX_RESUMABLE_UPLOAD_SIZE": 10 * 1024 * MiB,
+    "MAX_RESUMABLE_CHUNK_SIZE": 64 * MiB,
+    # Seconds an unfinished upload lives after its last chunk (Upload-Expires); then the
+    # sweep removes its bytes and row. A completed one's answer to HEAD (its file's URL
+    # and owner token) is kept as long after its completion.
+    "RESUMABLE_EXPIRES_IN": 24 * 3600,
+    # Running SHA-256 states of uploads kept per process (vimeo_api/resumable.py).
+    "RESUMABLE_HASH_STATES": 1024,
     # Seconds. DEFAULT applies when the client gives no expiry; MAX caps what it may ask for
     # (None: no cap, and ``never`` is allowed).
     "DEFAULT_EXPIRES_IN": 7 * 24 * 3600,
@@ -69,6 +80,10 @@ DEFAULTS: dict[str, object] = {
     # Tests only: seconds release_blob_task waits between deleting a blob's row and
     # unlinking its bytes, so a test can kill a worker inside a deletion. Keep it 0.
     "TEST_RELEASE_DELAY": 0,
+    # Tests only: while <STORAGE_DIR>/TEST_RESUMABLE_PAUSE exists, a tus chunk pauses
+    # (at most this many seconds) after its first MiB, so that a test can kill a worker
+    # mid-chunk behind nginx (which hands chunks over at once). Keep it 0.
+    "TEST_RESUMABLE_PAUSE": 0,
     # Signed download tokens: a list of keys, the first signs and all verify. Empty: a
     # random key generated once in the instance folder (set real keys in production).
     "TOKEN_SIGNING_KEYS": [],

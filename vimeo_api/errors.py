@@ -29,6 +29,9 @@ PHRASES = {
     414: "URI Too Long",
     415: "Unsupported Media Type",
     416: "Range Not Satisfiable",
+    # tus: another request is writing to the upload; a chunk's checksum did not match.
+    423: "Locked",
+    460: "Checksum Mismatch",
     429: "Too Many Requests",
     500: "Internal Server Error",
     502: "Bad Gateway",

@@ -35,6 +35,9 @@ class Options:
     max_downloads: object = UNSET  # int or UNSET
     expires_at: object = UNSET  # datetime, None (never) or UNSET
     touched: set = field(default_factory=set)
+    # Already hashed (a resumable upload keeps only the hash until it completes); wins
+    # over ``password`` when set.
+    password_hash: object = UNSET  # str or UNSET
 
 
 def whole_second(dt: datetime) -> datetime:
@@ -46,24 +49,30 @@ def find(filehash: str) -> File | None:
     return db.session.execute(select(File).where(File.filehash == filehash)).scalar_one_or_none()
 
 
-def create(upload: UploadFile, filename: str, content_type: str, options: Options) -> tuple[File, str]:
+def create(upload: UploadFile, filename: str, content_type: str, options: Options, *,
+           filehash: str | None = None, owner_token: str | None = None) -> tuple[File, str]:
     """Store an upload and its row; returns the file and its owner token (shown once).
 
     The bytes are fsynced and renamed into place before the row is committed; if the
     commit fails the row is gone and the bytes are an unreferenced blob the sweep removes.
+    ``filehash`` and ``owner_token`` are new random ones unless the caller chose them
+    (a resumable upload does at its creation: see resumable.py); whatever the caller
+    changed in the session is committed with the row.
     """
     now = whole_second(utcnow())
     cfg = current_app.config
     blobs.acquire(upload, now)
-    token = security.new_owner_token()
+    token = owner_token or security.new_owner_token()
     file = File(
-        filehash=security.new_filehash(),
+        filehash=filehash or security.new_filehash(),
         filename=filename,
         content_type=content_type,
         size=upload.size,
         sha256=upload.sha256,
         password_hash=(
-            security.hash_password(options.password, cfg["PASSWORD_HASH_METHOD"])
+            options.password_hash
+            if isinstance(options.password_hash, str)
+            else security.hash_password(options.password, cfg["PASSWORD_HASH_METHOD"])
             if isinstance(options.password, str)
             else None
         ),

@@ -46,9 +46,10 @@ from .breaker import Breaker
 
 log = logging.getLogger(__name__)
 
-UPLOAD_ENDPOINTS = frozenset({"api.upload_multipart", "api.upload_raw", "api.upload_raw_bare"})
-# The blueprint whose requests Flask-Limiter checks (see init_app).
-LIMITED_BLUEPRINT = "api"
+# A tus upload counts once, at its creation; its chunks are bounded by its length.
+UPLOAD_ENDPOINTS = frozenset({"api.upload_multipart", "api.upload_raw", "api.upload_raw_bare", "tus.create_upload"})
+# The blueprints whose requests Flask-Limiter checks (see init_app).
+LIMITED_BLUEPRINTS = ("api", "tus")
 
 
 def client_address() -> str:
@@ -86,7 +87,8 @@ def init_app(app: Flask) -> Limiter:
         if request.endpoint in UPLOAD_ENDPOINTS:
             check()
 
-    app.before_request_funcs.setdefault(LIMITED_BLUEPRINT, []).append(check_upload_limit)
+    for blueprint in LIMITED_BLUEPRINTS:
+        app.before_request_funcs.setdefault(blueprint, []).append(check_upload_limit)
 
     app.extensions["vimeo_limiter"] = limiter
     app.extensions["vimeo_password_limiter"] = _PasswordBudget(limiter, app)

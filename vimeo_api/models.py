@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, TypeDecorator
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .extensions import db
@@ -135,3 +135,42 @@ class ApiToken(db.Model):
     @property
     def scope_set(self) -> frozenset[str]:
         return frozenset(self.scopes.split())
+
+
+class UploadStatus:
+    OPEN = "open"
+    COMPLETED = "completed"
+
+
+class ResumableUpload(db.Model):
+    """A tus upload (vimeo_api/tus.py): its bytes so far, and the file it will become.
+
+    ``upload_offset`` is what was acknowledged: bytes up to it are on stable storage
+    (resumable.py fsyncs before recording it). The file's options are kept as they will
+    be applied at completion: the password only as its hash; ``expires_in`` in seconds
+    from the completion, None for the configured default and 0 for never. ``filehash``
+    is chosen at creation, so that the file's row and this row's completion are one
+    commit.
+    """
+
+    __tablename__ = "resumable_uploads"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    upload_id: Mapped[str] = mapped_column(String(32), unique=True)
+    # None: deferred (tus creation-defer-length) until a PATCH names it.
+    upload_length: Mapped[int | None] = mapped_column(BigInteger)
+    upload_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[str] = mapped_column(String(16), default=UploadStatus.OPEN, index=True)
+    # The client's Upload-Metadata, echoed on HEAD, with the password's value left out.
+    upload_metadata: Mapped[str | None] = mapped_column(Text)
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    max_downloads: Mapped[int | None] = mapped_column(Integer)
+    expires_in: Mapped[int | None] = mapped_column(BigInteger)
+    filehash: Mapped[str] = mapped_column(String(32), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Upload-Expires: unfinished past it, the upload is gone (the sweep removes it);
+    # completed, its row (and so the answer to HEAD) is kept until then.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -39,12 +39,7 @@ def offloaded_body(request: Request) -> UploadFile | None:
             log.error("nginx offloads raw uploads but UPLOAD_OFFLOAD is off: set VIMEO_UPLOAD_OFFLOAD=1")
             raise InternalServerError("Uploads are misconfigured on this server.")
         return None  # a client's header, beside a body of its own: read the body
-    body_dir = os.path.realpath(os.path.join(cfg["STORAGE_DIR"], BODY_DIR))
-    real = os.path.realpath(path)
-    if not real.startswith(body_dir + os.sep):
-        # Not where nginx.conf writes bodies: a misconfiguration or a forged header.
-        log.warning("refused an upload body file outside %s", BODY_DIR)
-        raise BadRequest("The upload body could not be read.")
+    real = checked_body_path(path)
     try:
         if not stat.S_ISREG(os.stat(real).st_mode):
             raise FileNotFoundError(real)
@@ -58,3 +53,15 @@ def offloaded_body(request: Request) -> UploadFile | None:
         upload.close()
         raise RequestEntityTooLarge()
     return upload
+
+
+def checked_body_path(path: str) -> str:
+    """The real path of a body file nginx named, which must lie in ``<STORAGE_DIR>/nginx-body/``
+    (400 otherwise). The tus routes read their chunks from such files too (tus.py)."""
+    body_dir = os.path.realpath(os.path.join(current_app.config["STORAGE_DIR"], BODY_DIR))
+    real = os.path.realpath(path)
+    if not real.startswith(body_dir + os.sep):
+        # Not where nginx.conf writes bodies: a misconfiguration or a forged header.
+        log.warning("refused an upload body file outside %s", BODY_DIR)
+        raise BadRequest("The upload body could not be read.")
+    return real

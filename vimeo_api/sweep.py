@@ -2,8 +2,9 @@
 
 It works in bounded batches, one transaction each, so memory stays flat however much is
 due: expired files are marked gone, versions of deleted or expired files are retired,
-temporary uploads left by killed processes are removed, stored bytes that no row knows
-are adopted as releasable blobs, and blobs nothing uses whose grace is over lose their
+temporary uploads left by killed processes are removed, unfinished resumable uploads
+past their expiry are removed, stored bytes that no row knows are adopted as releasable
+blobs, and blobs nothing uses whose grace is over lose their
 bytes. The orphan scan walks the whole storage directory, so it runs less often
 (``ORPHAN_SWEEP_INTERVAL``) than the rest (``SWEEP_INTERVAL``).
 """
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass
 from flask import current_app
 from sqlalchemy.exc import DBAPIError
 
-from . import blobs, fastcount, files, grants, observability, storage, versions
+from . import blobs, fastcount, files, grants, observability, resumable, storage, versions
 from .extensions import db
 from .models import utcnow
 
@@ -39,6 +40,9 @@ class SweepReport:
     stale_grants: int = 0
     stale_uploads: int = 0
     orphans: int = 0
+    # Unfinished resumable (tus) uploads past Upload-Expires, and completed ones whose
+    # answer to HEAD is no longer kept: bytes and rows.
+    expired_uploads: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,8 +59,11 @@ def run(batch_size: int | None = None, orphans: bool = True) -> SweepReport:
     report.stale_grants = grants.audit(batch_size)
     report.retired = drain(versions.retire_due, batch_size)
     report.stale_uploads = storage.current().remove_stale_uploads(cfg["STALE_UPLOAD_SECONDS"])
+    report.expired_uploads = drain(resumable.remove_expired, batch_size)
     if orphans:
         report.orphans = remove_orphans(batch_size, cfg["STALE_UPLOAD_SECONDS"])
+        # Resumable uploads' bytes that no row knows are temporary files like the above.
+        report.stale_uploads += resumable.remove_orphans(cfg["STALE_UPLOAD_SECONDS"])
     # Last, so that orphans adopted just now lose their bytes in this same sweep.
     report.released = drain(blobs.release_due, batch_size)
     if any(asdict(report).values()):
