@@ -101,8 +101,9 @@ class NginxStack:
         return found[0]
 
     def app_line(self, request_id: str) -> str:
-        """gunicorn's access-log line of one request through nginx (its X-Request-Id)."""
-        return wait_for_lines(self.log_dir / "gunicorn.log", lambda line: line.endswith(" " + request_id),
+        """The app's JSON request line of one request through nginx (its X-Request-Id)."""
+        return wait_for_lines(self.log_dir / "gunicorn.log",
+                              lambda line: f'"request_id": "{request_id}"' in line and '"vimeo_api.requests"' in line,
                               timeout=5)[0]
 
     def settled_app_log(self) -> str:
