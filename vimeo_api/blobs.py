@@ -60,15 +60,17 @@ def add_ref(sha256: str) -> None:
     )
 
 
-def release_ref(sha256: str, now: datetime) -> bool:
-    """One user fewer; at zero the bytes may go after the grace period. Returns whether
-    the count reached zero (the caller announces it after committing)."""
+def release_ref(sha256: str, now: datetime, hold: timedelta | None = None) -> bool:
+    """One user fewer; at zero the bytes may go after the grace period, or after ``hold``
+    when that is longer (a used-up file's resume window). Returns whether the count
+    reached zero (the caller announces it after committing)."""
+    keep = max(_grace(), hold or timedelta(0))
     row = db.session.execute(
         update(Blob)
         .where(Blob.sha256 == sha256)
         .values(
             refcount=Blob.refcount - 1,
-            release_after=case((Blob.refcount <= 1, now + _grace()), else_=Blob.release_after),
+            release_after=case((Blob.refcount <= 1, now + keep), else_=Blob.release_after),
         )
         .returning(Blob.refcount)
     ).first()

@@ -19,7 +19,7 @@ from flask import current_app
 from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.orm.util import identity_key
 
-from . import blobs, events, security
+from . import blobs, events, security, transfers
 from .extensions import db
 from .models import File, FileStatus, GoneReason, utcnow
 from .storage import UploadFile
@@ -179,11 +179,15 @@ def _consume_statement():
 _CONSUME = _consume_statement()
 
 
-def consume_download(file_id: int, nbytes: int, sha256: str) -> bool:
+def consume_download(file_id: int, nbytes: int, sha256: str, transfer: transfers.Start | None = None) -> bool:
     """Use one download, atomically. False when none is left (or the file went gone,
     expired, or changed content meanwhile): exactly one of many concurrent requests gets
     the last one. ``sha256`` is the content the request's preconditions were checked
-    against; ``nbytes`` what it will send (counted in ``bytes_served``)."""
+    against; ``nbytes`` what it will send (counted in ``bytes_served``); ``transfer``, when
+    given, is recorded in the same transaction (its ``id`` is then set).
+
+    The last download keeps the content's bytes for ``RESUME_WINDOW`` (when longer than
+    the grace period) so that its transfer can be resumed."""
     now = utcnow()
     row = db.session.execute(_CONSUME, {"file_id": file_id, "expected_sha256": sha256, "nbytes": nbytes, "now": now}).first()
     # A Core statement leaves a loaded File of this row as it was (the session does not
@@ -194,12 +198,17 @@ def consume_download(file_id: int, nbytes: int, sha256: str) -> bool:
     if row is None:
         db.session.rollback()
         return False
-    released = row.status == FileStatus.GONE and blobs.release_ref(row.sha256, now)
+    if transfer is not None:
+        transfers.add(transfer)
+    hold = timedelta(seconds=current_app.config["RESUME_WINDOW"])
+    released = row.status == FileStatus.GONE and blobs.release_ref(row.sha256, now, hold)
     db.session.commit()
     if row.status == FileStatus.GONE:
         # Cached metadata must stop saying "available" (and HEAD must answer 410).
         events.announce_files_changed([row.filehash], versions=False)
-    if released:
+    if released and hold.total_seconds() <= current_app.config["DELETE_GRACE_SECONDS"]:
+        # Held longer, the bytes are left to the sweep: a task queued now would find
+        # them still held.
         events.announce_blobs_released([row.sha256])
     return True
 
