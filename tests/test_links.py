@@ -225,6 +225,7 @@ def test_the_list_shows_each_transfer_also_once_the_file_is_used_up(target):
     assert row(target, body["filehash"]).downloads == 1  # the rest was a resumption
     whole = target.request("POST", path(body), headers=BROWSER, data={})
     assert (whole.status, whole.body) == (200, DATA)
+    assert "X-Vimeo-Transfer" not in whole.headers  # nginx keeps it to itself
     assert_error(target, target.request("GET", path(body)), 410, "Gone", "downloaded")
 
     events = downloads_of(target, body)
