@@ -165,6 +165,7 @@ def test_the_form_route_takes_forms_only(target):
     body = uploaded(target)
     answer = target.request("POST", path(body), headers={"Content-Type": "application/json"}, data=b'{"a": 1}')
     assert_error(target, answer, 415, "Unsupported Media Type")
+    assert_error(target, target.request("POST", path(body), data={"password": "", "x": "1"}), 400, "Bad Request")
     assert row(target, body["filehash"]).downloads == 0
 
 
@@ -212,6 +213,9 @@ def test_the_list_of_downloads_is_the_owners_only(target):
     answer = target.request("GET", listing, headers=owner(body))
     assert (answer.status, answer.json()) == (200, {"downloads": []})
     assert answer.headers["Cache-Control"] == "no-store"
+    # Deleting a file deletes its history for the API.
+    assert target.request("DELETE", path(body), headers=owner(body)).status == 202
+    assert_error(target, target.request("GET", listing, headers=owner(body)), 410, "Gone", "deleted")
 
 
 def test_the_list_shows_each_transfer_also_once_the_file_is_used_up(target):
@@ -228,7 +232,7 @@ def test_the_list_shows_each_transfer_also_once_the_file_is_used_up(target):
     assert "X-Vimeo-Transfer" not in whole.headers  # nginx keeps it to itself
     assert_error(target, target.request("GET", path(body)), 410, "Gone", "downloaded")
 
-    events = downloads_of(target, body)
+    events = downloads_of(target, body)  # used up: the list is still the owner's
     assert [(e["bytes_sent"], e["completed"], e["resumed"]) for e in events] == [
         (100, False, False),  # its resumption says the client lacked the rest
         (900, True, True),

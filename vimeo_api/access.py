@@ -162,9 +162,9 @@ def owned(filehash: str, request: Request) -> File:
     return file
 
 
-def owner_of(filehash: str, request: Request) -> File:
-    """The file whose history its owner reads: 404, then 401/403 on the owner token; a
-    gone file too (what happened to it is the question)."""
+def owner_of(filehash: str, request: Request, *, deleted: bool = True) -> File:
+    """The file its owner acts on or reads about: 404, then 401/403 on the owner token,
+    whether or not it is gone; ``deleted=False``: a deleted one is 410."""
     file = find_or_404(filehash)
     token = request.headers.get("X-Owner-Token")
     if not token:
@@ -175,6 +175,8 @@ def owner_of(filehash: str, request: Request) -> File:
         )
     if not security.token_matches(token, file.owner_token_hash):
         raise Forbidden("This owner token does not match the file.")
+    if not deleted and file.unavailable_reason(utcnow()) == GoneReason.DELETED:
+        raise FileGone(GoneReason.DELETED)
     return file
 
 

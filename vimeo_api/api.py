@@ -60,8 +60,9 @@ def download_form(filehash):
 
 @bp.get("/file/<filehash>/downloads")
 def list_downloads(filehash):
-    """The file's transfers, for its owner (a gone file's too)."""
-    file = access.owner_of(filehash, request)
+    """The file's transfers, for its owner: a used-up or expired file's too (what happened
+    is the question); a deleted file is gone with its history (410)."""
+    file = access.owner_of(filehash, request, deleted=False)
     response = jsonify(downloads=inventory.downloads_of(file))
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -39,6 +39,7 @@ from collections.abc import Callable
 
 from flask import Response, current_app, request
 from werkzeug.exceptions import (
+    BadRequest,
     HTTPException,
     PreconditionFailed,
     RequestedRangeNotSatisfiable,
@@ -54,7 +55,7 @@ from .http_semantics import Decision, decide
 from .models import GoneReason, utcnow
 from .representation import CacheClass, content_disposition, content_headers, representation_of, validator_headers
 
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 def serve(resolve: Callable[..., Offer]) -> Response:
@@ -87,8 +88,11 @@ def serve_form(resolve: Callable[..., Offer]) -> Response:
     """The landing page's Download button (a POST with the form's ``password``): the
     whole file as an attachment, one download used. A browser that gets an error gets
     the page again with it (wrong password, too many attempts, gone)."""
-    if request.content_length and request.mimetype not in FORM_TYPES:
+    if request.content_length and request.mimetype != FORM_TYPE:
         raise UnsupportedMediaType("Send the landing page's form (application/x-www-form-urlencoded), or no body.")
+    unknown = set(request.form) - {"password"}
+    if unknown:
+        raise BadRequest(f"Unknown form field(s): {', '.join(sorted(unknown))}; the form has only password.")
     try:
         offer = resolve(fresh=False)
         response = _answer(offer, form=True)
