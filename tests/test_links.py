@@ -80,6 +80,13 @@ def test_a_browser_gets_the_page_and_its_button_makes_the_one_download(target):
     assert_error(target, target.request("POST", path(body)), 410, "Gone", "downloaded")
 
 
+def test_the_page_escapes_what_the_uploader_chose(target):
+    body = uploaded(target, DATA, "<img src=x onerror=alert(1)>.txt")
+    page = assert_page(target.request("GET", path(body), headers=BROWSER))
+    assert "<img" not in page
+    assert 'id="filename">&lt;img src=x onerror=alert(1)&gt;.txt<' in page
+
+
 def test_robots_and_prefetches_get_no_bytes_and_use_no_download(target):
     body = uploaded(target)
     for agent in PREVIEW_USER_AGENTS:
