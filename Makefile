@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test venv services nginx stack migrate clean bench bench-quick bench-downloads bench-upload-offload bench-upload-memory bench-workers
+.PHONY: run test venv services nginx test-tools stack migrate clean bench bench-quick bench-downloads bench-upload-offload bench-upload-memory bench-workers
 
 venv: $(STAMP)
 
@@ -34,7 +34,12 @@ nginx:
 stack: venv services nginx
 	$(BIN)/python -m deploy.stack
 
-test: venv services nginx
+# What the tests drive as a person would: curl and wget (cut off and resumed downloads),
+# Debian's Chromium and its driver (the landing page). Installed when missing, never skipped.
+test-tools:
+	bash scripts/install-nginx curl wget chromium chromium-driver:chromedriver
+
+test: venv services nginx test-tools
 	$(BIN)/python -m pytest
 
 # Every benchmark scenario in one run, each against the baselines of the same run (raw

@@ -44,6 +44,8 @@ MiB = 1024 * 1024
 BODY_DIR = "nginx-body"
 # nginx.conf's log of the downloads it answered on the fast path (in its log_dir).
 FAST_DOWNLOADS_LOG = "fast-downloads.log"
+# nginx.conf's log of what it sent of the transfers the app recorded (in its log_dir).
+TRANSFERS_LOG = "transfers.log"
 # The errors nginx itself may answer, each as the API's JSON (nginx.conf's @json_<code>,
 # and the error_page lines that lead there), with the app's phrase (vimeo_api/errors.py).
 JSON_ERROR_CODES = (400, 403, 404, 405, 408, 411, 412, 413, 414, 416, 429, 500, 502, 503, 504)
@@ -288,6 +290,8 @@ def stack_environment(base: dict[str, str]) -> dict[str, str]:
     env["VIMEO_UPLOAD_OFFLOAD"] = "1"
     # nginx.conf's log of fast-path downloads, counted by the sweep (vimeo_api/fastcount.py).
     env.setdefault("VIMEO_FAST_PATH_LOG", str(stack_dir / "log" / FAST_DOWNLOADS_LOG))
+    # nginx.conf's log of what it sent of each recorded transfer (vimeo_api/transfer_log.py).
+    env.setdefault("VIMEO_TRANSFER_LOG", str(stack_dir / "log" / TRANSFERS_LOG))
     env.setdefault("GUNICORN_BIND", f"127.0.0.1:{env.get('VIMEO_STACK_APP_PORT', '8001')}")
     # Longer than nginx's upstream keepalive_timeout (60 s): see nginx.conf.
     env.setdefault("GUNICORN_KEEPALIVE", "75")

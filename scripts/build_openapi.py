@@ -52,7 +52,36 @@ schemas = {
             "error": {"type": "string", "enum": PHRASES},
             "message": {"type": "string", "description": "What went wrong, for a person."},
             "request_id": {"type": ["string", "null"], "description": "Also in X-Request-Id and the server's log."},
+            "reason": {"enum": ["downloaded", "expired", "deleted"],
+                       "description": "410 about a file only: why it serves no more (its downloads are used up, it "
+                                      "expired, it was deleted). Clients match on it; `message` says it for a person."},
         },
+    },
+    "Transfer": {
+        "type": "object", "required": ["at", "bytes_sent", "completed", "resumed"],
+        "properties": {
+            "at": {"type": "string", "description": "When the transfer began, ISO 8601 UTC."},
+            "bytes_sent": {"type": ["integer", "null"], "minimum": 0,
+                           "description": "Bytes the server sent; null until the sender has said (in the stack, "
+                                          "nginx's log of the transfer, read when this list is asked for)."},
+            "completed": {"type": "boolean",
+                          "description": "Every byte went out and no resumption followed (a resumption means the "
+                                         "client lacked the end)."},
+            "resumed": {"type": "boolean",
+                        "description": "The rest of an earlier counted download, within the resume window: it "
+                                       "used no download."},
+            "client": {"type": ["string", "null"],
+                       "description": "The client's address; only when the operator's DOWNLOADS_CLIENT_ADDRESS is on."},
+        },
+    },
+    "DownloadList": {
+        "type": "object", "required": ["downloads"], "additionalProperties": False,
+        "properties": {"downloads": {"type": "array", "items": ref("schemas", "Transfer"),
+                                     "description": "Oldest first; the latest 1000 (DOWNLOADS_LIST_LIMIT)."}},
+    },
+    "DownloadForm": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"password": {"type": "string", "description": "The file's password, when it has one."}},
     },
     "FileDescription": {
         "type": "object",
@@ -310,7 +339,9 @@ responses = {
     "UnauthorizedBearer": error("No valid operator bearer token.", **{"WWW-Authenticate": "WWWAuthenticateBearer"}),
     "Forbidden": error("The credential is valid but not for this."),
     "NotFound": error("No such file, version or route."),
-    "Gone": error("Deleted, expired, or its download limit is reached."),
+    "Gone": error("Deleted, expired, or its download limit is reached: `reason` says which. A browser or a link "
+                  "preview asking for a download gets the same status with the landing page (text/html)."),
+    "UnsupportedMediaType": error("The body is not a form (application/x-www-form-urlencoded)."),
     "PreconditionFailed": error("If-Match / If-Unmodified-Since do not hold."),
     "TooLarge": error("The upload is larger than the configured maximum."),
     "RangeNotSatisfiable": error("No requested range overlaps the content.", **{"Content-Range": "ContentRange"}),
@@ -415,6 +446,8 @@ owner_links = {
         "path.filehash": "$response.body#/filehash", "header.X-Owner-Token": "$response.body#/owner_token"}},
     "IssueToken": {"operationId": "issueToken", "parameters": {
         "path.filehash": "$response.body#/filehash", "header.X-Owner-Token": "$response.body#/owner_token"}},
+    "ListDownloads": {"operationId": "listDownloads", "parameters": {
+        "path.filehash": "$response.body#/filehash", "header.X-Owner-Token": "$response.body#/owner_token"}},
 }
 
 created = resp("Stored. The body's `url` is also in Location; keep `owner_token`.", "Uploaded",
@@ -474,7 +507,24 @@ def download_op(op_id, summary, description, params, extra, security=None):
 password_security = [{}, {"passwordBasic": []}]
 file_download_desc = ("Checks in order: unknown → 404; deleted, expired or used up → 410; password missing or "
                       "wrong → 401; preconditions (412/304); Range (206/416). The password comes from "
-                      "X-Password, ?password= or HTTP Basic (user name ignored).")
+                      "X-Password, ?password= or HTTP Basic (user name ignored).\n\n"
+                      "A limited or password-protected file answers a browser (Accept ranks text/html above "
+                      "anything else, no Range) and any link preview, scanner or prefetch (README) with the "
+                      "landing page instead, text/html, using no download; its Download button POSTs here. "
+                      "Within the resume window after a counted download, the same client's Range request for "
+                      "the rest of the same content is a 206 that uses no download.")
+
+
+def form_download_op(op_id, summary, description, extra):
+    return {
+        "operationId": op_id, "tags": ["downloads"], "summary": summary, "description": description,
+        "requestBody": {"required": False, "content": {
+            "application/x-www-form-urlencoded": {"schema": ref("schemas", "DownloadForm")}}},
+        "responses": {
+            "200": resp("The whole file as an attachment; one download used.", binary, download_headers, "*/*"),
+            **R(*extra, (404, "NotFound"), (410, "Gone"), (415, "UnsupportedMediaType"), (503, "Unavailable")),
+        },
+    }
 
 paths = {
     P + "/file": {
@@ -496,6 +546,13 @@ paths = {
         "head": download_op("headFile", "A file's headers (uses no download)", file_download_desc,
                             pr("PasswordQuery", "PasswordHeader"), [(401, "UnauthorizedPassword"), (429, "TooManyRequests")],
                             password_security),
+        "post": {**form_download_op(
+            "downloadFileForm", "Download from the landing page's form",
+            "The landing page's Download button: the password (when the file has one) as a form field. A "
+            "browser that gets an error (wrong password 401, too many 429, gone 410) gets the page again, "
+            "with the error on it.",
+            [(400, "BadRequest"), (401, "UnauthorizedPassword"), (429, "TooManyRequests")]),
+            "security": password_security},
         "delete": {
             "operationId": "deleteFile", "tags": ["files"], "summary": "Delete a file (owner or operator)",
             "description": "Needs the owner token in X-Owner-Token, or an operator bearer token with `files:write`. "
@@ -527,6 +584,19 @@ paths = {
             "responses": {"200": resp("Updated.", "Updated"),
                           **R((400, "BadRequest"), (401, "Unauthorized"), (403, "Forbidden"), (404, "NotFound"),
                               (410, "Gone"), (503, "Unavailable"))},
+        },
+    },
+    P + "/file/{filehash}/downloads": {
+        "parameters": pr("filehash"),
+        "get": {
+            "operationId": "listDownloads", "tags": ["files"], "summary": "What downloads happened (owner)",
+            "description": "One event per transfer the app decided: counted downloads and their resumptions. "
+                           "Also for a used-up or expired file; a deleted one is 410. Public files (no limit, no "
+                           "password) are only counted, not listed.",
+            "parameters": pr("OwnerToken"),
+            "responses": {"200": resp("The transfers.", "DownloadList"),
+                          **R((401, "Unauthorized"), (403, "Forbidden"), (404, "NotFound"), (410, "Gone"),
+                              (503, "Unavailable"))},
         },
     },
     P + "/file/{filehash}/versions": {
@@ -564,10 +634,14 @@ paths = {
     P + "/t/{token}": {
         "parameters": pr("token"),
         "get": download_op("downloadWithToken", "Download with a signed token",
-                           "Tampered → 401, expired → 403, file gone → 410; uses a download.", [],
+                           "Tampered → 401, expired → 403, file gone → 410; uses a download. A limited file's "
+                           "link answers browsers and link previews with the landing page, as /file does.", [],
                            [(401, "Unauthorized"), (403, "Forbidden")]),
         "head": download_op("headWithToken", "Headers with a signed token", "As GET, without the body.", [],
                             [(401, "Unauthorized"), (403, "Forbidden")]),
+        "post": form_download_op("downloadWithTokenForm", "Download from a token link's landing page",
+                                 "The landing page's Download button for a token link (no password: the token "
+                                 "stands for it).", [(400, "BadRequest"), (401, "Unauthorized"), (403, "Forbidden")]),
     },
     P + "/files": {
         "get": {

@@ -22,6 +22,7 @@ from support.uploads import upload
 
 MiB = 1024 * 1024
 FILE_URL = "http://files.test/vimeo/api/v1.0/file/"
+GONE_REASONS = {"downloaded", "expired", "deleted"}
 UPLOAD_KEYS = {
     "status", "url", "filehash", "filename", "size", "content_type", "sha256", "etag",
     "max_downloads", "expires_at", "owner_token",
@@ -65,12 +66,18 @@ def files_under(directory: str) -> list[str]:
     return found
 
 
-def assert_error(target, answer, status: int, phrase: str) -> dict:
-    """SPEC 3.4: JSON with exactly error/message/request_id, the exact phrase, no internals."""
+def assert_error(target, answer, status: int, phrase: str, reason: str | None = None) -> dict:
+    """SPEC 3.4: JSON with exactly error/message/request_id, the exact phrase, no internals;
+    a 410 also names why (issue 16): ``reason``, one of GONE_REASONS (``reason`` if given)."""
     assert answer.status == status, answer
     assert answer.headers["Content-Type"].split(";")[0] == "application/json"
     body = answer.json()
-    assert set(body) == ERROR_KEYS
+    if status == 410:
+        assert set(body) == ERROR_KEYS | {"reason"}
+        assert body["reason"] in GONE_REASONS
+        assert reason is None or body["reason"] == reason, body
+    else:
+        assert set(body) == ERROR_KEYS
     assert body["error"] == phrase
     assert isinstance(body["message"], str) and body["message"]
     assert isinstance(body["request_id"], str) and body["request_id"]
@@ -384,11 +391,12 @@ def test_post_file_is_405_with_allow(target):
 
 def test_unsupported_method_on_a_file_is_405_with_allow(target):
     body = unlimited(target)
-    answer = target.request("POST", path(body))
+    answer = target.request("PROPFIND", path(body))
     assert_error(target, answer, 405, "Method not Allowed")
     allowed = {m.strip() for m in answer.headers["Allow"].split(",")}
-    assert {"GET", "HEAD", "PUT", "PATCH", "DELETE"} <= allowed
-    assert "POST" not in allowed
+    # POST: the landing page's Download button (issue 16).
+    assert {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"} <= allowed
+    assert "PROPFIND" not in allowed
 
 
 @pytest.mark.parametrize("route", ["/vimeo/api/v1.0/nothing-here", "/nothing-here", "/vimeo/api/v2.0/file"])
@@ -650,7 +658,13 @@ def test_range_on_a_one_download_file_uses_it_up(target):
     body = uploaded(target)
     answer = target.request("GET", path(body), headers={"Range": "bytes=0-9"})
     assert (answer.status, answer.body) == (206, DATA[:10])
-    assert_error(target, target.request("GET", path(body), headers={"Range": "bytes=10-19"}), 410, "Gone")
+    # The same client may fetch the rest within the resume window (issue 16), and only the
+    # rest: a plain GET, or a range from the first byte, is a new download.
+    rest = target.request("GET", path(body), headers={"Range": "bytes=10-"})
+    assert (rest.status, rest.body) == (206, DATA[10:])
+    assert row(target, body["filehash"]).downloads == 1
+    assert_error(target, target.request("GET", path(body)), 410, "Gone", "downloaded")
+    assert_error(target, target.request("GET", path(body), headers={"Range": "bytes=0-9"}), 410, "Gone", "downloaded")
 
 
 # -- expiry ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ ROUTE_WORDS = {
     "/file": "upload.sh", "/upload/": "upload.sh", "/t/": "tokens.sh", "/v/": "versions.sh",
     "/versions": "versions.sh", "/tokens": "tokens.sh", "/files": "operators.sh", "/stats": "operators.sh",
     "/purge": "operators.sh", "/healthz": "health.sh", "/readyz": "health.sh", "/metrics": "health.sh",
-    "/openapi.json": "health.sh",
+    "/openapi.json": "health.sh", "/downloads": "links.sh",
 }
 
 

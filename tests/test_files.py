@@ -112,13 +112,25 @@ def test_last_download_makes_the_file_gone_and_releases_its_blob(ctx):
     assert row.gone_at >= before.replace(microsecond=0)
     released = blob(file.sha256)
     assert released.refcount == 0
-    # Bytes stay for the grace period (DELETE_GRACE_SECONDS, 30 s by default).
-    assert before + timedelta(seconds=29) <= released.release_after <= utcnow() + timedelta(seconds=30)
+    # Bytes of a used-up file stay for the resume window (RESUME_WINDOW, 900 s by default,
+    # longer than the grace period) so that its transfer can be resumed.
+    assert before + timedelta(seconds=899) <= released.release_after <= utcnow() + timedelta(seconds=900)
     assert stored(file.sha256)
     # Nothing left to consume.
     assert files.consume_download(file.id, file.size, file.sha256) is False
     assert fresh(file).downloads == 1
     assert blob(file.sha256).refcount == 0
+
+
+def test_without_a_resume_window_a_used_up_file_keeps_its_bytes_for_the_grace_period(make_app, backend):
+    app = make_app(RESUME_WINDOW=0)
+    with app.app_context():
+        file, _ = new_file(b"once, no resuming")
+        before = utcnow()
+        assert files.consume_download(file.id, file.size, file.sha256) is True
+        # Bytes stay for the grace period (DELETE_GRACE_SECONDS, 30 s by default).
+        released = blob(file.sha256)
+        assert before + timedelta(seconds=29) <= released.release_after <= utcnow() + timedelta(seconds=30)
 
 
 def test_downloads_count_up_to_the_limit(ctx):
@@ -250,7 +262,7 @@ def test_release_never_takes_content_in_use(ctx):
 
 @pytest.fixture
 def no_grace(make_app, backend):
-    app = make_app(DELETE_GRACE_SECONDS=0)
+    app = make_app(DELETE_GRACE_SECONDS=0, RESUME_WINDOW=0)
     with app.app_context():
         yield app
 

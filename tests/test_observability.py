@@ -40,7 +40,7 @@ def req(method: str, route: str, status: int) -> tuple:
 # -- metrics, in process ------------------------------------------------------------------
 
 def test_metrics_after_a_mixed_workload_match_the_requests_made(make_app, backend):
-    app = make_app(DELETE_GRACE_SECONDS=0)
+    app = make_app(DELETE_GRACE_SECONDS=0, RESUME_WINDOW=0)
     client = app.test_client()
     a = upload(client, b"a" * 1000, "a.bin", max_downloads=0)
     b = upload(client, b"b" * 300, "b.bin")

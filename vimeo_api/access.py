@@ -1,9 +1,12 @@
 """Whether a request may have a file: existence, availability, password, ownership.
 
-Checks run in the contract's order: unknown → 404, gone → 410, password → 401. For the
-three download URLs (``/file``, ``/v``, ``/t``) the answer is an ``Offer``: what the
-request may have, under which cache class, and whether sending it uses a download; the
-download pipeline (``downloads``) takes it from there.
+Checks run in the contract's order: unknown → 404, gone → 410 (``FileGone``, naming
+why), password → 401. For the three download URLs (``/file``, ``/v``, ``/t``) the answer
+is an ``Offer``: what the request may have, under which cache class, and whether sending
+it uses a download; the download pipeline (``downloads``) takes it from there. The
+pipeline may ask for an offer without the password check (the landing page, which
+shows nothing the password protects) or for a file whose downloads are used up (a
+resumption, which it then decides).
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from dataclasses import dataclass
 
 from flask import Request, current_app
 from werkzeug.datastructures import WWWAuthenticate
-from werkzeug.exceptions import Forbidden, Gone, NotFound, Unauthorized
+from werkzeug.exceptions import Forbidden, NotFound, Unauthorized
 
 from . import files, limits, metacache, operator_tokens, password_cache, security, signing, versions
-from .models import File, utcnow
+from .errors import FileGone
+from .models import File, GoneReason, utcnow
 from .representation import CacheClass, cache_class, file_cache_class
 
 REALM = "vimeo_api"
@@ -28,7 +32,8 @@ class Offer:
     ``resource`` has the content's descriptive attributes (a file's metadata, or a
     published version); ``file`` is the file it belongs to; ``consume``: a GET that sends
     bytes uses one of the file's downloads; ``fresh``: the checks read the database itself,
-    not possibly stale cached metadata.
+    not possibly stale cached metadata; ``used_up``: the file's downloads are used up and
+    only a resumption may send anything.
     """
 
     resource: object
@@ -38,12 +43,17 @@ class Offer:
     fresh: bool
     # A download already used, in a transaction left open (claim_offer).
     claimed: files.Consumed | None = None
+    used_up: bool = False
 
 
-def file_offer(filehash: str, request: Request, *, fresh: bool = False) -> Offer:
-    """``/file/<filehash>``: 404 → 410 → 401, then the file under its own class."""
-    file = downloadable(filehash, request, fresh=fresh)
-    return Offer(file, file, file_cache_class(file), consume=True, fresh=fresh)
+def file_offer(filehash: str, request: Request, *, fresh: bool = False, password: bool = True,
+               used_up: bool = False) -> Offer:
+    """``/file/<filehash>``: 404 → 410 → 401, then the file under its own class.
+    ``password=False`` skips the password check; ``used_up=True`` offers a file whose
+    downloads are used up instead of answering 410."""
+    file = downloadable(filehash, request, fresh=fresh, password=password, used_up=used_up)
+    gone = used_up and file.unavailable_reason(utcnow()) == GoneReason.DOWNLOADED
+    return Offer(file, file, file_cache_class(file), consume=True, fresh=fresh, used_up=gone)
 
 
 def claim_offer(filehash: str, request: Request) -> Offer | None:
@@ -59,7 +69,7 @@ def claim_offer(filehash: str, request: Request) -> Offer | None:
         if cached is None:
             raise NotFound()
         if not cached.is_available(utcnow()):
-            raise Gone()
+            raise FileGone(cached.unavailable_reason(utcnow()))
         if cached.password_hash is not None:
             _check_password(cached, request)
             return Offer(cached, cached, file_cache_class(cached), consume=True, fresh=False)
@@ -74,20 +84,22 @@ def claim_offer(filehash: str, request: Request) -> Offer | None:
     return Offer(file, file, file_cache_class(file), consume=False, fresh=True, claimed=claimed)
 
 
-def version_offer(version_id: str) -> Offer:
+def version_offer(version_id: str, **_) -> Offer:
     """``/v/<version_id>``: a published version, immutable, no password, no download."""
     found = versions.find(version_id) if _looks_like_filehash(version_id) else None
     if found is None:
         raise NotFound()
     version, file = found
     if not versions.is_available(version, file, utcnow()):
-        raise Gone()
+        # Retired with its file (deleted or expired), or by `files verify --repair`.
+        reason = file.unavailable_reason(utcnow())
+        raise FileGone(reason if reason == GoneReason.EXPIRED else GoneReason.DELETED)
     return Offer(version, file, CacheClass.IMMUTABLE, consume=False, fresh=True)
 
 
-def token_offer(token: str, *, fresh: bool = False) -> Offer:
-    """``/t/<token>``: tampered → 401, expired → 403, file gone (or unknown) → 410. The
-    token stands for the password; sending uses a download like any other."""
+def token_offer(token: str, *, fresh: bool = False, used_up: bool = False, **_) -> Offer:
+    """``/t/<token>``: tampered → 401, expired → 403, file gone → 410 (unknown: 410
+    deleted). The token stands for the password; sending uses a download like any other."""
     try:
         filehash = signing.verify(token)
     except signing.TokenInvalid:
@@ -97,35 +109,45 @@ def token_offer(token: str, *, fresh: bool = False) -> Offer:
     except signing.TokenExpired:
         raise Forbidden("This token has expired.") from None
     file = metacache.lookup(filehash, files.find, fresh=fresh) if _looks_like_filehash(filehash) else None
-    if file is None or not file.is_available(utcnow()):
-        raise Gone()
+    if file is None:
+        raise FileGone(GoneReason.DELETED)
+    reason = file.unavailable_reason(utcnow())
+    if reason is not None and not (used_up and reason == GoneReason.DOWNLOADED):
+        raise FileGone(reason)
     klass = cache_class(max_downloads=file.max_downloads, has_password=False, token=True)
-    return Offer(file, file, klass, consume=True, fresh=fresh)
+    return Offer(file, file, klass, consume=True, fresh=fresh, used_up=reason is not None)
 
 
 def supplied_password(request: Request) -> str | None:
-    """The password a client sent: ``X-Password``, ``?password=`` or HTTP Basic."""
+    """The password a client sent: ``X-Password``, ``?password=``, HTTP Basic, or the
+    landing page's form field (a POST)."""
     password = request.headers.get("X-Password")
     if password is None:
         password = request.args.get("password")
+    if password is None and request.method == "POST":
+        password = request.form.get("password")
     if password is None and request.authorization and request.authorization.type == "basic":
         password = request.authorization.password
     return password
 
 
-def downloadable(filehash: str, request: Request, *, fresh: bool = False) -> metacache.FileMeta:
+def downloadable(filehash: str, request: Request, *, fresh: bool = False, password: bool = True,
+                 used_up: bool = False) -> metacache.FileMeta:
     """The file behind a download URL, or the HTTP error that ends the request.
 
     Answered from the metadata cache when it holds a current entry (404 and 410
     included); ``fresh`` reads the database. Wrong passwords are counted per file and
     client address, and checked before the (slow) password hash is computed.
+    ``password=False``: no password check; ``used_up``: a used-up file is no 410.
     """
     file = metacache.lookup(filehash, files.find, fresh=fresh) if _looks_like_filehash(filehash) else None
     if file is None:
         raise NotFound()
-    if not file.is_available(utcnow()):
-        raise Gone()
-    _check_password(file, request)
+    reason = file.unavailable_reason(utcnow())
+    if reason is not None and not (used_up and reason == GoneReason.DOWNLOADED):
+        raise FileGone(reason)
+    if password:
+        _check_password(file, request)
     return file
 
 
@@ -169,6 +191,16 @@ def find_or_404(filehash: str) -> File:
 
 def owned(filehash: str, request: Request) -> File:
     """The file an owner manages: 404, then 401/403 on the owner token, then 410."""
+    file = owner_of(filehash, request)
+    reason = file.unavailable_reason(utcnow())
+    if reason is not None:
+        raise FileGone(reason)
+    return file
+
+
+def owner_of(filehash: str, request: Request, *, deleted: bool = True) -> File:
+    """The file its owner acts on or reads about: 404, then 401/403 on the owner token,
+    whether or not it is gone; ``deleted=False``: a deleted one is 410."""
     file = find_or_404(filehash)
     token = request.headers.get("X-Owner-Token")
     if not token:
@@ -179,8 +211,8 @@ def owned(filehash: str, request: Request) -> File:
         )
     if not security.token_matches(token, file.owner_token_hash):
         raise Forbidden("This owner token does not match the file.")
-    if not file.is_available(utcnow()):
-        raise Gone()
+    if not deleted and file.unavailable_reason(utcnow()) == GoneReason.DELETED:
+        raise FileGone(GoneReason.DELETED)
     return file
 
 
@@ -210,8 +242,9 @@ def owner_or_password(filehash: str, request: Request) -> File:
                 "Send the owner token in X-Owner-Token, or the file's password.",
                 www_authenticate=WWWAuthenticate("basic", {"realm": REALM}),
             )
-    if not file.is_available(utcnow()):
-        raise Gone()
+    reason = file.unavailable_reason(utcnow())
+    if reason is not None:
+        raise FileGone(reason)
     return file
 
 
@@ -227,7 +260,8 @@ def deletable(filehash: str, request: Request) -> File:
         if "files:write" not in token.scope_set:
             raise Forbidden("This token lacks the files:write scope.")
         file = find_or_404(filehash)
-        if not file.is_available(utcnow()):
-            raise Gone()
+        reason = file.unavailable_reason(utcnow())
+        if reason is not None:
+            raise FileGone(reason)
         return file
     return owned(filehash, request)

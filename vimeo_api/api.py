@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
-from werkzeug.exceptions import BadRequest, Gone, PreconditionFailed
+from functools import partial
 
-from . import access, downloads, files, request_options, versions
+from flask import Blueprint, jsonify, request
+from werkzeug.exceptions import BadRequest, PreconditionFailed
+
+from . import access, downloads, files, inventory, request_options, versions
+from .errors import FileGone
 from .http_semantics import evaluate_preconditions, format_etag
-from .models import File, GoneReason
+from .models import File, GoneReason, utcnow
 from .representation import clean_filename, representation_of
 from .uploads import content_type_for, multipart_file, raw_body
 from .urls import API_PREFIX, file_url
@@ -44,11 +47,28 @@ def upload_raw(filename):
 
 @bp.route("/file/<filehash>", methods=["GET", "HEAD"])
 def download(filehash):
-    """404 → 410 → 401, then preconditions, range and the bytes (``downloads``)."""
+    """404 → 410 → 401, then preconditions, range and the bytes (``downloads``); a
+    browser or a robot gets the landing page of a limited or password-protected file."""
     return downloads.serve(
-        lambda fresh: access.file_offer(filehash, request, fresh=fresh),
-        claim=lambda: access.claim_offer(filehash, request),
+        partial(access.file_offer, filehash, request),
+        claim=partial(access.claim_offer, filehash, request),
     )
+
+
+@bp.post("/file/<filehash>")
+def download_form(filehash):
+    """The landing page's Download button: the whole file, one download used."""
+    return downloads.serve_form(partial(access.file_offer, filehash, request))
+
+
+@bp.get("/file/<filehash>/downloads")
+def list_downloads(filehash):
+    """The file's transfers, for its owner: a used-up or expired file's too (what happened
+    is the question); a deleted file is gone with its history (410)."""
+    file = access.owner_of(filehash, request, deleted=False)
+    response = jsonify(downloads=inventory.downloads_of(file))
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 # -- manage -------------------------------------------------------------------------
@@ -58,7 +78,8 @@ def delete_file(filehash):
     """Its owner, or an operator with ``files:write``: 410 at once, bytes go later."""
     file = access.deletable(filehash, request)
     if not files.mark_gone(file.id, GoneReason.DELETED):
-        raise Gone()
+        # It went gone meanwhile: say why.
+        raise FileGone(files.find(filehash).unavailable_reason(utcnow()) or GoneReason.DELETED)
     versions.retire_for_files([file.id])
     return jsonify(status="File Deletion Scheduled"), 202
 

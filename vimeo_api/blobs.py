@@ -61,16 +61,18 @@ def add_ref(sha256: str) -> None:
     )
 
 
-def release_ref(sha256: str, now: datetime, connection=None) -> bool:
-    """One user fewer; at zero the bytes may go after the grace period. Returns whether
-    the count reached zero (the caller announces it after committing). ``connection``: a
-    Core connection whose transaction this joins (default: the session's)."""
+def release_ref(sha256: str, now: datetime, hold: timedelta | None = None, connection=None) -> bool:
+    """One user fewer; at zero the bytes may go after the grace period, or after ``hold``
+    when that is longer (a used-up file's resume window). Returns whether the count
+    reached zero (the caller announces it after committing). ``connection``: a Core
+    connection whose transaction this joins (default: the session's)."""
+    keep = max(grace(), hold or timedelta(0))
     row = (connection or db.session).execute(
         update(Blob)
         .where(Blob.sha256 == sha256)
         .values(
             refcount=Blob.refcount - 1,
-            release_after=case((Blob.refcount <= 1, now + grace()), else_=Blob.release_after),
+            release_after=case((Blob.refcount <= 1, now + keep), else_=Blob.release_after),
         )
         .returning(Blob.refcount)
     ).first()

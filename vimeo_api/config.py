@@ -58,6 +58,24 @@ DEFAULTS: dict[str, object] = {
     # fast-downloads.log); each sweep adds them to the files' counts (fastcount.py).
     # None: they are not counted.
     "FAST_PATH_LOG": None,
+    # A browser (Accept prefers text/html) opening a limited or password-protected file
+    # gets a page that names it and uses no download; its Download button makes the
+    # counted download (vimeo_api/landing.py). Off: browsers get the bytes directly.
+    # Robots and prefetches get that page in either case (vimeo_api/previews.py).
+    "LANDING_PAGE": True,
+    # Seconds after a counted download of a limited file during which the same client
+    # (its address) may fetch the rest with Range requests without using another
+    # download; the used-up file's bytes are kept that long. 0: no resuming.
+    "RESUME_WINDOW": 900,
+    # nginx's log of the transfers it sent for the app (X-Accel-Redirect): bytes sent and
+    # whether they all went (nginx.conf's transfers.log), read by the sweep and by
+    # GET /file/<filehash>/downloads (vimeo_api/transfer_log.py). None: not read.
+    "TRANSFER_LOG": None,
+    # GET /file/<filehash>/downloads names each transfer's client address. Off: no
+    # address is stored at all (a keyed hash recognises a resuming client).
+    "DOWNLOADS_CLIENT_ADDRESS": False,
+    # The latest transfers GET /file/<filehash>/downloads lists.
+    "DOWNLOADS_LIST_LIMIT": 1000,
     # werkzeug.security method for file passwords (salted, slow).
     "PASSWORD_HASH_METHOD": "scrypt",
     # Seconds a right password is remembered per file (under an HMAC in the cache), so

@@ -13,6 +13,13 @@ Cache-Control, Expires, Set-Cookie, Accept-Ranges) and drops ETag and Last-Modif
 the validators and the cache class travel under private ``X-File-*`` names that the
 internal location re-adds (``add_header ETag $upstream_http_x_file_etag``; nginx.conf).
 Where nginx would not answer exactly what the app decided, the app sends the bytes.
+
+A transfer the pipeline records (``transfers``) learns what was sent: the app's own
+answer counts the bytes the server took and reports them when the server closes it
+(every byte, or the client went away: the bytes of the write that failed are not
+counted); an X-Accel answer names the transfer in ``X-Vimeo-Transfer``, and nginx logs
+what it sent (``transfer_log``). Recorded answers are streamed by the app in chunks
+rather than by the server's sendfile, which would not say how far it got.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import re
 from flask import Flask, Response, current_app, request
 from werkzeug.wsgi import wrap_file
 
-from . import storage
+from . import storage, transfers
 from .http_semantics import Decision, multipart_byteranges, new_boundary
 
 log = logging.getLogger(__name__)
@@ -39,8 +46,10 @@ class Sender:
         so that missing bytes cost no download (raises FileNotFoundError)."""
         raise NotImplementedError
 
-    def send(self, resource, blob, decision: Decision, headers: dict[str, str]) -> Response:
-        """The 200/206 answer. ``blob`` is what ``prepare`` gave, None for HEAD."""
+    def send(self, resource, blob, decision: Decision, headers: dict[str, str],
+             transfer: int | None = None) -> Response:
+        """The 200/206 answer. ``blob`` is what ``prepare`` gave, None for HEAD;
+        ``transfer``: the recorded transfer to report the bytes sent for."""
         raise NotImplementedError
 
     def discard(self, blob) -> None:
@@ -64,18 +73,67 @@ class AppSender(Sender):
     def discard(self, blob) -> None:
         blob.close()
 
-    def send(self, resource, blob, decision: Decision, headers: dict[str, str]) -> Response:
+    def send(self, resource, blob, decision: Decision, headers: dict[str, str],
+             transfer: int | None = None) -> Response:
         if decision.status == 206 and len(decision.ranges) > 1:
-            return _multipart(resource, blob, decision, headers)
-        if decision.status == 206:
+            response = _multipart(resource, blob, decision, headers)
+        elif decision.status == 206:
             start, stop = decision.ranges[0]
             headers["Content-Range"] = decision.content_range
             headers["Content-Length"] = str(stop - start)
             body = _slice(blob, start, stop) if blob else ()
-            return Response(body, status=206, headers=headers, direct_passthrough=True)
-        headers["Content-Length"] = str(resource.size)
-        body = wrap_file(request.environ, blob, CHUNK) if blob else ()
-        return Response(body, status=200, headers=headers, direct_passthrough=True)
+            response = Response(body, status=206, headers=headers, direct_passthrough=True)
+        else:
+            headers["Content-Length"] = str(resource.size)
+            if not blob:
+                body = ()
+            elif transfer is not None:
+                body = _slice(blob, 0, resource.size)
+            else:
+                body = wrap_file(request.environ, blob, CHUNK)
+            response = Response(body, status=200, headers=headers, direct_passthrough=True)
+        if blob and transfer is not None:
+            response.response = _Counted(response.response, int(response.headers["Content-Length"]), transfer)
+        return response
+
+
+class _Counted:
+    """An answer's body that reports, once the server closes it, how many bytes the
+    server took: a chunk counts once the server asks for the next (its write returned),
+    all of them when the body ran to its end."""
+
+    def __init__(self, body, expected: int, transfer: int):
+        self.body = body
+        self.expected = expected
+        self.transfer = transfer
+        self.app = current_app._get_current_object()
+        self.sent = 0
+        self.ended = False
+        self.closed = False
+
+    def __iter__(self):
+        pending = 0
+        for chunk in self.body:
+            self.sent += pending
+            pending = len(chunk)
+            yield chunk
+        self.sent += pending
+        self.ended = True
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            try:
+                with self.app.app_context():
+                    transfers.finish([(self.transfer, self.sent, self.ended and self.sent == self.expected)])
+            except Exception:  # the answer is over; a lost report leaves the transfer unfinished
+                log.exception("could not record what a transfer sent")
 
 
 # One plain byte range, as media players send: nginx parses it exactly as we do.
@@ -97,13 +155,14 @@ class AccelSender(AppSender):
         if blob is not _ACCEL:
             super().discard(blob)
 
-    def send(self, resource, blob, decision: Decision, headers: dict[str, str]) -> Response:
+    def send(self, resource, blob, decision: Decision, headers: dict[str, str],
+             transfer: int | None = None) -> Response:
         if blob is not _ACCEL:  # HEAD (None), or an answer the app sends itself
-            return super().send(resource, blob, decision, headers)
+            return super().send(resource, blob, decision, headers, transfer)
         # A Range the app did not honour (malformed, If-Range not holding, too many
         # ranges) goes to nginx's /_vimeo_whole/, where nginx ignores it too.
         whole = decision.status == 200 and "Range" in request.headers
-        return Response(status=200, headers={
+        response = Response(status=200, headers={
             "X-Accel-Redirect": storage.current().accel_path(resource.sha256, whole=whole),
             "Content-Type": headers["Content-Type"],
             "Content-Disposition": headers["Content-Disposition"],
@@ -111,6 +170,11 @@ class AccelSender(AppSender):
             "X-File-Last-Modified": headers["Last-Modified"],
             "X-File-Cache-Control": headers["Cache-Control"],
         })
+        if transfer is not None:
+            # Private: nginx passes none of the app's headers on but those named in the
+            # module's docstring; it logs this one with what it sent (nginx.conf).
+            response.headers["X-Vimeo-Transfer"] = str(transfer)
+        return response
 
 
 _ACCEL = object()  # AccelSender's handle: the bytes exist and nginx will send them

@@ -1,6 +1,7 @@
 """Every error is JSON: ``{"error": phrase, "message": detail, "request_id": id}``.
 
-The phrases are the original product's, which its clients match on exactly.
+The phrases are the original product's, which its clients match on exactly. A ``410``
+about a file also names why in ``reason`` (``FileGone``), for clients to match on.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 
 from flask import g, jsonify
 from sqlalchemy.exc import DBAPIError, OperationalError
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import Gone, HTTPException, InternalServerError
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,29 @@ MESSAGES = {
 }
 
 
-def error_response(status: int, message: str | None = None, headers=None):
-    """The one place an error body is built."""
+# Why a file serves no more (models.GoneReason's values), as a 410 says it.
+GONE_MESSAGES = {
+    "downloaded": "This file is no longer available: its downloads are used up.",
+    "expired": "This file is no longer available: it has expired.",
+    "deleted": "This file is no longer available: it was deleted.",
+}
+
+
+class FileGone(Gone):
+    """``410`` for a file that serves no more, with the reason clients can match on:
+    ``downloaded`` (used up), ``expired`` or ``deleted``."""
+
+    def __init__(self, reason: str):
+        super().__init__(GONE_MESSAGES[reason])
+        self.reason = reason
+
+
+def error_response(status: int, message: str | None = None, headers=None, **fields):
+    """The one place an error body is built; ``fields`` add to it (a 410's ``reason``)."""
     body = {
         "error": PHRASES.get(status, "Error"),
         "message": message or MESSAGES.get(status, PHRASES.get(status, "Error")),
+        **fields,
         "request_id": getattr(g, "request_id", None),
     }
     response = jsonify(body)
@@ -72,7 +91,8 @@ def error_response(status: int, message: str | None = None, headers=None):
 def _http_error(exc: HTTPException):
     default = type(exc).description
     message = exc.description if exc.description != default else None
-    return error_response(exc.code or 500, message, exc.get_headers())
+    fields = {"reason": exc.reason} if isinstance(exc, FileGone) else {}
+    return error_response(exc.code or 500, message, exc.get_headers(), **fields)
 
 
 def _database_down(exc: DBAPIError):

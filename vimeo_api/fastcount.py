@@ -3,17 +3,15 @@ never saw: nginx writes one line per such download to ``FAST_PATH_LOG`` (nginx.c
 ``vimeo_count`` log: the grant and the body bytes sent), and each sweep adds them to
 the files' ``downloads`` and ``bytes_served``.
 
-Hand-written because no library tails a log into a database: the position read so far
-is kept beside the storage (``<STORAGE_DIR>/fast-downloads.position``, with the log's
-inode, so a rotated log is read from its start), one sweep at a time (an exclusive
-lock), and advanced only after the counts are committed: a crash between the two counts
-that batch twice, a failed commit counts nothing and the batch is read again.
+The log is read with ``logtail`` (its position kept in
+``<STORAGE_DIR>/fast-downloads.position``), which advances only after the counts are
+committed: a crash between the two counts that batch twice, a failed commit counts
+nothing and the batch is read again.
 Only files are counted; published versions use no downloads (SPEC 3.5).
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 from collections import Counter
@@ -21,12 +19,12 @@ from collections import Counter
 from flask import current_app
 from sqlalchemy import bindparam, update
 
+from . import logtail
 from .extensions import db
 from .models import File
 
 # One line: "/f/<ab>/<filehash>/<digest> <bytes>".
 _LINE = re.compile(rb"^/f/[0-9a-f]{2}/([0-9a-f]{32})/[0-9a-f]{32} (\d{1,18})$")
-CHUNK = 4 * 1024 * 1024
 
 
 def count_served() -> int:
@@ -35,31 +33,7 @@ def count_served() -> int:
     if not log_path or not current_app.config["FAST_PATH"]:
         return 0
     position_path = os.path.join(current_app.config["STORAGE_DIR"], "fast-downloads.position")
-    with open(position_path + ".lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return 0  # another sweep is counting
-        try:
-            log = open(log_path, "rb")
-        except FileNotFoundError:
-            return 0
-        with log:
-            inode, offset = _read_position(position_path)
-            stat = os.fstat(log.fileno())
-            if stat.st_ino != inode or stat.st_size < offset:
-                offset = 0  # rotated or truncated: a new log
-            total = 0
-            log.seek(offset)
-            while chunk := log.read(CHUNK):
-                end = chunk.rfind(b"\n") + 1
-                if end == 0:
-                    break  # a line nginx is still writing
-                total += _add(chunk[:end])
-                offset += end
-                _write_position(position_path, stat.st_ino, offset)
-                log.seek(offset)
-            return total
+    return logtail.consume(log_path, position_path, _add)
 
 
 def _add(lines: bytes) -> int:
@@ -81,19 +55,3 @@ def _add(lines: bytes) -> int:
         )
         db.session.commit()
     return sum(downloads.values())
-
-
-def _read_position(path: str) -> tuple[int, int]:
-    try:
-        with open(path) as fh:
-            inode, offset = fh.read().split()
-            return int(inode), int(offset)
-    except (FileNotFoundError, ValueError):
-        return -1, 0
-
-
-def _write_position(path: str, inode: int, offset: int) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.write(f"{inode} {offset}\n")
-    os.replace(tmp, path)

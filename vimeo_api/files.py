@@ -19,7 +19,7 @@ from flask import current_app
 from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.orm.util import identity_key
 
-from . import blobs, events, security
+from . import blobs, events, security, transfers
 from .extensions import db
 from .models import Blob, File, FileStatus, GoneReason, utcnow
 from .storage import UploadFile
@@ -243,6 +243,10 @@ class Consumed:
     released: bool
     row: object = None  # the file's columns after the UPDATE (claim_download)
 
+    def record(self, transfer: transfers.Start) -> int:
+        """Record the download's transfer in the same transaction (sets its ``id``)."""
+        return transfers.add(transfer, self.connection)
+
     def commit(self) -> None:
         try:
             self.connection.commit()
@@ -251,7 +255,9 @@ class Consumed:
         if self.gone:
             # Cached metadata must stop saying "available" (and HEAD must answer 410).
             events.announce_files_changed([self.filehash], versions=False)
-        if self.released:
+        if self.released and _hold() <= blobs.grace():
+            # Held longer (the resume window), the bytes are left to the sweep: a task
+            # queued now would find them still held.
             events.announce_blobs_released([self.sha256])
 
     def abandon(self) -> None:
@@ -267,16 +273,19 @@ def _consume(statement_sqlite, statement_pg, params: dict) -> Consumed | None:
     "Where the CPU of a request goes"), and a download is a single statement."""
     now = utcnow()
     params["now"] = now
+    # The last download keeps the content's bytes for RESUME_WINDOW (when longer than the
+    # grace period), so that its transfer can be resumed.
+    hold = _hold()
     connection = db.engine.connect()
     try:
         if connection.dialect.name == "postgresql":
-            params["release_after"] = now + blobs.grace()
+            params["release_after"] = now + max(blobs.grace(), hold)
             row = connection.execute(statement_pg, params).first()
             released = row is not None and row.refcount is not None and row.refcount <= 0
         else:
             row = connection.execute(statement_sqlite, params).first()
             released = (row is not None and row.status == FileStatus.GONE
-                        and blobs.release_ref(row.sha256, now, connection))
+                        and blobs.release_ref(row.sha256, now, hold, connection))
     except BaseException:
         connection.close()
         raise
@@ -290,14 +299,21 @@ def _consume(statement_sqlite, statement_pg, params: dict) -> Consumed | None:
     return Consumed(connection, row.filehash, row.sha256, row.status == FileStatus.GONE, released, row)
 
 
-def consume_download(file_id: int, nbytes: int, sha256: str) -> bool:
+def _hold() -> timedelta:
+    return timedelta(seconds=current_app.config["RESUME_WINDOW"])
+
+
+def consume_download(file_id: int, nbytes: int, sha256: str, transfer: transfers.Start | None = None) -> bool:
     """Use one download, atomically. False when none is left (or the file went gone,
     expired, or changed content meanwhile): exactly one of many concurrent requests gets
     the last one. ``sha256`` is the content the request's preconditions were checked
-    against; ``nbytes`` what it will send (counted in ``bytes_served``)."""
+    against; ``nbytes`` what it will send (counted in ``bytes_served``); ``transfer``, when
+    given, is recorded in the same transaction (its ``id`` is then set)."""
     consumed = _consume(_CONSUME, _CONSUME_PG, {"file_id": file_id, "expected_sha256": sha256, "nbytes": nbytes})
     if consumed is None:
         return False
+    if transfer is not None:
+        consumed.record(transfer)
     consumed.commit()
     return True
 

@@ -1,4 +1,5 @@
-"""What is stored, as operators see it: listings, totals and integrity checks.
+"""What is stored, as operators see it: listings, totals and integrity checks; and what
+happened to one file, as its owner sees it (``downloads_of``).
 
 Shared by the operator API (``GET /files``, ``GET /stats``) and ``manage.py`` (``files
 list|show|verify``, ``stats``), so both answer from the same queries.
@@ -11,8 +12,10 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from flask import current_app
 from sqlalchemy import func, select
 
+from . import transfer_log, transfers
 from .extensions import db
 from .models import Blob, File, FileStatus, Version, VersionStatus, utcnow
 from .storage import CHUNK, Storage
@@ -54,6 +57,27 @@ def describe_file(file: File, now) -> dict:
         "created_at": iso(file.created_at),
         "expires_at": iso(file.expires_at),
     }
+
+
+def downloads_of(file: File) -> list[dict]:
+    """The file's latest transfers (``DOWNLOADS_LIST_LIMIT``), oldest first: when each
+    began, the bytes sent (None until the sender said: nginx's log is read first), whether
+    it completed, whether it resumed an earlier one; the client address only when
+    ``DOWNLOADS_CLIENT_ADDRESS`` keeps it."""
+    transfer_log.read()
+    show_client = current_app.config["DOWNLOADS_CLIENT_ADDRESS"]
+    events = []
+    for row in transfers.of_file(file.id, current_app.config["DOWNLOADS_LIST_LIMIT"]):
+        event = {
+            "at": iso(row.at),
+            "bytes_sent": row.bytes_sent,
+            "completed": row.completed,
+            "resumed": row.resumed_from is not None,
+        }
+        if show_client:
+            event["client"] = row.client_address
+        events.append(event)
+    return events
 
 
 def iter_files(status: str = "all", batch_size: int = 500) -> Iterator[File]:

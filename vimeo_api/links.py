@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
+from functools import partial
 
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest
@@ -33,7 +34,7 @@ def publish_version(filehash):
 @bp.route("/v/<version_id>", methods=["GET", "HEAD"])
 def download_version(version_id):
     """A published version: immutable cache class, no password, no download used."""
-    return downloads.serve(lambda fresh: access.version_offer(version_id))
+    return downloads.serve(partial(access.version_offer, version_id))
 
 
 @bp.post("/file/<filehash>/tokens")
@@ -67,4 +68,10 @@ def issue_token(filehash):
 @bp.route("/t/<token>", methods=["GET", "HEAD"])
 def download_with_token(token):
     """Tampered → 401, expired → 403, file gone → 410; uses a download like any other."""
-    return downloads.serve(lambda fresh: access.token_offer(token, fresh=fresh))
+    return downloads.serve(partial(access.token_offer, token))
+
+
+@bp.post("/t/<token>")
+def download_with_token_form(token):
+    """The landing page's Download button for a token link."""
+    return downloads.serve_form(partial(access.token_offer, token))

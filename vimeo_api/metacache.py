@@ -95,6 +95,7 @@ class FileMeta:
 
     # One definition of availability for rows and cached copies alike.
     is_available = File.is_available
+    unavailable_reason = File.unavailable_reason
 
     @classmethod
     def of(cls, file) -> FileMeta:

@@ -1,10 +1,11 @@
-"""Metadata: files, and the content blobs they point at (stored once per SHA-256)."""
+"""Metadata: files, the content blobs they point at (stored once per SHA-256), published
+versions, operator tokens, and the transfers that downloads made."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, Text, TypeDecorator
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .extensions import db
@@ -85,11 +86,19 @@ class File(db.Model):
 
     def is_available(self, now: datetime) -> bool:
         """Whether the URL may still serve: not gone, not expired, downloads left."""
+        return self.unavailable_reason(now) is None
+
+    def unavailable_reason(self, now: datetime) -> str | None:
+        """Why the URL serves no more (a ``GoneReason``), or None while it does. A file
+        whose expiry or last download the database has not recorded yet is already gone
+        for that reason."""
         if self.status != FileStatus.AVAILABLE:
-            return False
+            return self.gone_reason or GoneReason.DELETED
         if self.expires_at is not None and self.expires_at <= now:
-            return False
-        return not (self.max_downloads and self.downloads >= self.max_downloads)
+            return GoneReason.EXPIRED
+        if self.max_downloads and self.downloads >= self.max_downloads:
+            return GoneReason.DOWNLOADED
+        return None
 
 
 class VersionStatus:
@@ -174,3 +183,42 @@ class ResumableUpload(db.Model):
     # completed, its row (and so the answer to HEAD) is kept until then.
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Transfer(db.Model):
+    """One transfer of a file's bytes that the app decided: a counted download, or the
+    resumption of one (``resumed_from``) that used no download.
+
+    The app learns what was sent after the answer: its own sender counts what it
+    yielded; for an answer nginx sent (X-Accel-Redirect) nginx's transfer log says it,
+    read by the sweep and by the owner's listing (``transfer_log``). ``bytes_sent`` and
+    ``sender_completed`` stay NULL until then. ``cut_off`` is set when the same client
+    resumes: whatever the sender believed, the client lacked bytes.
+
+    ``client_key`` recognises the same client for a resumption (an HMAC of its address
+    under a server secret, so the table holds no address unless ``client_address`` is
+    kept by ``DOWNLOADS_CLIENT_ADDRESS``).
+    """
+
+    __tablename__ = "transfers"
+    __table_args__ = (Index("ix_transfers_file_id_at", "file_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The first byte of the answer (0 unless a range) and the bytes it was to carry.
+    range_start: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_expected: Mapped[int] = mapped_column(BigInteger)
+    bytes_sent: Mapped[int | None] = mapped_column(BigInteger)
+    sender_completed: Mapped[bool | None] = mapped_column(Boolean)
+    cut_off: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # The counted transfer this one resumes (the first of its chain); NULL: counted.
+    resumed_from: Mapped[int | None] = mapped_column(BigId)
+    client_key: Mapped[str] = mapped_column(String(64))
+    client_address: Mapped[str | None] = mapped_column(String(64))
+
+    @property
+    def completed(self) -> bool:
+        """Every byte was sent and no resumption says the client lacked some."""
+        return bool(self.sender_completed) and not self.cut_off

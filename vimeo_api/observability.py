@@ -192,6 +192,8 @@ def record_sweep(report) -> None:
     for kind, count in report.as_dict().items():
         if kind == "fast_downloads":  # work done, not work left
             metrics.fast_downloads.inc(count)
+        elif kind == "transfers_finished":  # work done, and no backlog: nginx's log is read whole
+            continue
         else:
             metrics.sweep_backlog.labels(kind).set(count)
     metrics.sweep_last.set(time.time())

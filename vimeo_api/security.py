@@ -46,3 +46,9 @@ def password_matches(password: str | None, stored_hash: str) -> bool:
     if password is None:
         return False
     return check_password_hash(stored_hash, password)
+
+
+def keyed_digest(secret: bytes, value: str) -> str:
+    """An HMAC-SHA256 of ``value``: recognises it again without storing it (a client's
+    address, for resumed downloads)."""
+    return hmac.new(secret, value.encode("utf-8"), hashlib.sha256).hexdigest()

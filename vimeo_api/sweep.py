@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from flask import current_app
 from sqlalchemy.exc import DBAPIError
 
-from . import blobs, fastcount, files, grants, observability, resumable, storage, versions
+from . import blobs, fastcount, files, grants, observability, resumable, storage, transfer_log, versions
 from .extensions import db
 from .models import utcnow
 
@@ -37,6 +37,7 @@ class SweepReport:
     retired: int = 0
     released: int = 0
     fast_downloads: int = 0
+    transfers_finished: int = 0
     stale_grants: int = 0
     stale_uploads: int = 0
     orphans: int = 0
@@ -55,6 +56,7 @@ def run(batch_size: int | None = None, orphans: bool = True) -> SweepReport:
     batch_size = batch_size or cfg["SWEEP_BATCH_SIZE"]
     report = SweepReport()
     report.fast_downloads = fastcount.count_served()
+    report.transfers_finished = transfer_log.read()
     report.expired = drain(files.expire_due, batch_size)
     report.stale_grants = grants.audit(batch_size)
     report.retired = drain(versions.retire_due, batch_size)

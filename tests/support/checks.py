@@ -26,7 +26,8 @@ def assert_json_error(response: requests.Response, status: int, phrase: str) -> 
     assert response.status_code == status, response.text
     assert response.headers["Content-Type"].split(";")[0] == "application/json"
     body = response.json()
-    assert set(body) == ERROR_KEYS
+    # A 410 about a file also names why (issue 16).
+    assert set(body) == (ERROR_KEYS | {"reason"} if status == 410 else ERROR_KEYS)
     assert body["error"] == phrase
     assert body["message"]
     assert body["request_id"] == once(response, "X-Request-Id")

@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 from deploy.stack import (
     BODY_DIR,
     FAST_DOWNLOADS_LOG,
+    TRANSFERS_LOG,
     MiB,
     NginxSettings,
     check_nginx_conf,
@@ -157,6 +158,11 @@ class NginxStack:
             else:
                 entry.unlink()
         Path(self.storage_dir, "blobs").mkdir(exist_ok=True)
+        # Its position went with the storage, and transfer ids restart with the tables:
+        # lines of earlier tests must not finish this test's transfers (nginx appends).
+        transfers_log = self.log_dir / TRANSFERS_LOG
+        if transfers_log.exists():
+            transfers_log.write_bytes(b"")
 
     def target(self) -> HttpTarget:
         """An ``HttpTarget`` on nginx that also follows the public URLs the API hands out."""
@@ -195,6 +201,7 @@ def start_stack(root: Path, db_url: str, *, public_url: str = PUBLIC_URL, delive
         # (tests/test_limits.py checks the limit itself).
         VIMEO_UPLOAD_RATE_LIMIT="100000/minute",
         VIMEO_FAST_PATH_LOG=root / "log" / FAST_DOWNLOADS_LOG,
+        VIMEO_TRANSFER_LOG=root / "log" / TRANSFERS_LOG,
     ), app_port, workers=2, threads=4)
     env.update({k: str(v) for k, v in env_overrides.items()})
     settings = NginxSettings(

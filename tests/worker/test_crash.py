@@ -20,7 +20,8 @@ PAUSE = 60  # far longer than the test: the worker is killed during it
 
 
 def test_kill_9_inside_a_deletion_then_restart_completes_it_with_no_error_left(stack_factory):
-    stack = stack_factory("crash", delete_grace_seconds=GRACE, broker_visibility_timeout=VISIBILITY)
+    stack = stack_factory("crash", delete_grace_seconds=GRACE, broker_visibility_timeout=VISIBILITY,
+                          resume_window=0)
     stack.start_web()
     doomed = stack.start_worker(test_release_delay=PAUSE)
 

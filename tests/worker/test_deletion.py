@@ -3,7 +3,8 @@ when no other file still uses the same bytes.
 
 One stack for the module: gunicorn, a Celery worker and Celery beat on a private Redis
 and PostgreSQL. The grace period (2 s) is shorter than the sweep interval (3 s), as in
-production (30 s and 60 s).
+production (30 s and 60 s). Resuming is off (``RESUME_WINDOW=0``): it would keep a used-up
+file's bytes for its window (tests/test_files.py checks that).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ SWEEP_INTERVAL = 3
 
 @pytest.fixture(scope="module")
 def stack(stack_factory):
-    stack = stack_factory("deletion", delete_grace_seconds=GRACE, sweep_interval=SWEEP_INTERVAL)
+    stack = stack_factory("deletion", delete_grace_seconds=GRACE, sweep_interval=SWEEP_INTERVAL,
+                          resume_window=0)
     stack.start_web()
     stack.worker = stack.start_worker()
     stack.beat = stack.start_beat()

@@ -27,7 +27,8 @@ RETRY_AFTER = 2  # BROKER_RETRY_AFTER: how long the web app leaves a failed brok
 
 def test_broker_down_downloads_succeed_and_pending_deletions_complete_when_it_returns(stack_factory):
     stack = stack_factory(
-        "broker-outage", delete_grace_seconds=GRACE, sweep_interval=SWEEP_INTERVAL, broker_retry_after=RETRY_AFTER
+        "broker-outage", delete_grace_seconds=GRACE, sweep_interval=SWEEP_INTERVAL, broker_retry_after=RETRY_AFTER,
+        resume_window=0,
     )
     stack.start_web(workers=2, threads=4)
     worker = stack.start_worker()
@@ -97,7 +98,8 @@ def own_postgres():
 
 
 def test_database_down_answers_503_json_and_recovers_without_a_restart(stack_factory, own_postgres):
-    stack = stack_factory("database-outage", pg=own_postgres, delete_grace_seconds=GRACE, sweep_interval=60)
+    stack = stack_factory("database-outage", pg=own_postgres, delete_grace_seconds=GRACE, sweep_interval=60,
+                          resume_window=0)
     web = stack.start_web(workers=2, threads=4)
     worker = stack.start_worker()
     content = os.urandom(6_000)
