@@ -4,13 +4,18 @@ import os
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+# gthread, answering gunicorn's own errors as the API's JSON (vimeo_api/serving.py).
+# Another class (sync, gthread) works, with gunicorn's HTML error pages.
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "vimeo_api.serving.ThreadWorker")
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 # Query strings may carry ?password=: the access log records the path only.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)ss %({x-request-id}o)s'
+# gunicorn's longest request line (its default is 4094): nginx, in front in the stack,
+# refuses longer lines itself (its 8k header buffers), so both answer alike.
+limit_request_line = 8190
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # Which peers may set X-Forwarded-* (nginx, on loopback in the stack).

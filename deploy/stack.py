@@ -44,9 +44,16 @@ MiB = 1024 * 1024
 BODY_DIR = "nginx-body"
 # nginx.conf's log of the downloads it answered on the fast path (in its log_dir).
 FAST_DOWNLOADS_LOG = "fast-downloads.log"
-# The errors nginx itself may answer, each as the API's JSON (nginx.conf's @json_<code>,
-# and the error_page lines that lead there), with the app's phrase (vimeo_api/errors.py).
+# The errors nginx itself may answer, each as the API's JSON (nginx.conf's error_page
+# lines lead to its /_vimeo_error/<code> locations), with the app's phrase
+# (vimeo_api/errors.py).
 JSON_ERROR_CODES = (400, 403, 404, 405, 408, 411, 412, 413, 414, 416, 429, 500, 502, 503, 504)
+# Codes nginx decides that a client must not see as they are, and the status it gets
+# instead: 494 (a header line too large; nginx itself sends it as 400), 495-497 (TLS: a
+# client certificate that fails or is missing, plain HTTP to the TLS port), and the two
+# 5xx that only a client's own request causes (501: a Transfer-Encoding nginx does not
+# know; 505: an HTTP version other than 1.x). A hostile request never gets a 5xx.
+NGINX_ALIASES = {494: 431, 495: 400, 496: 400, 497: 400, 501: 400, 505: 400}
 # nginx's own message where the app's (errors.MESSAGES) does not fit what nginx saw, or
 # the app has none: nginx answers before or instead of the app (its 405 has no Allow
 # header to point at, its 413 names the limit). The other codes take the app's message.
@@ -59,33 +66,42 @@ NGINX_MESSAGES = {
     413: "The upload is larger than the configured maximum of {max_body_size} bytes.",
     416: "The requested range is not within the file.",
     429: "Slow down and retry.",
+    494: "A header field of the request is too large.",
+    495: "The client certificate could not be verified.",
+    496: "This address requires a client certificate.",
+    497: "This port speaks HTTPS: use https://.",
+    501: "The Transfer-Encoding of the request is not supported; send a Content-Length or a chunked body.",
     502: "The application is not answering; retry shortly.",
     503: "The service is unavailable; retry shortly.",
     504: "The application did not answer in time; retry shortly.",
+    505: "This HTTP version is not supported; use HTTP/1.1.",
 }
 
 
 @dataclass(frozen=True)
 class NginxError:
-    """One of nginx's JSON error answers: its code and its body, with nginx's
-    ``$request_id`` as the request id."""
+    """One of nginx's JSON error answers: the code nginx decided (the error_page it
+    leads to), the status the client gets, and the body, with nginx's ``$request_id``
+    as the request id."""
 
     code: int
+    status: int
     body: str
 
 
 def nginx_errors(max_body_size: int) -> list[NginxError]:
-    """The JSON answers of JSON_ERROR_CODES, in that order."""
+    """The JSON answers of JSON_ERROR_CODES, then of NGINX_ALIASES, in that order."""
     errors = []
-    for code in JSON_ERROR_CODES:
+    codes = [(code, code) for code in JSON_ERROR_CODES] + list(NGINX_ALIASES.items())
+    for code, status in codes:
         message = NGINX_MESSAGES[code].format(max_body_size=max_body_size) if code in NGINX_MESSAGES else MESSAGES[code]
-        phrase = PHRASES[code]
+        phrase = PHRASES[status]
         # In nginx's `return` text every "$" starts a variable, and there is no escape
         # for it: only the request id may be one.
         if "$" in phrase + message:
             raise ValueError(f"the error text of {code} cannot be used in nginx.conf: {phrase!r}, {message!r}")
         body = json.dumps({"error": phrase, "message": message, "request_id": "$request_id"})
-        errors.append(NginxError(code, body))
+        errors.append(NginxError(code, status, body))
     return errors
 
 
