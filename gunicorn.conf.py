@@ -13,6 +13,9 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 # Query strings may carry ?password=: the access log records the path only.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)ss %({x-request-id}o)s'
+# The access log without capabilities (a filehash, version id or token in a path is cut
+# to its first characters) or control characters (vimeo_api/serving.py).
+logger_class = "vimeo_api.serving.AccessLogger"
 # gunicorn's longest request line (its default is 4094): nginx, in front in the stack,
 # refuses longer lines itself (its 8k header buffers), so both answer alike.
 limit_request_line = 8190

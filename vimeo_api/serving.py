@@ -1,4 +1,4 @@
-"""What gunicorn runs around the app (gunicorn.conf.py names it).
+"""What gunicorn runs around the app (gunicorn.conf.py names both classes).
 
 ``ThreadWorker``: gunicorn's gthread worker with one change.
 
@@ -8,6 +8,14 @@
   no setting for this: its worker writes a fixed HTML page (``Worker.handle_error`` and
   ``util.write_error`` in gunicorn 27.0.1), so this is the one place we answer HTTP by
   hand, and it is small: a status line, five headers, one JSON body.
+
+``AccessLogger``: gunicorn's access log without capabilities and without control
+characters: each path segment of ``LONG_SEGMENT`` characters or more (a filehash, a
+version id, a signed link's token) is written as its first ``KEPT`` characters and
+``...`` (a token under ``/t/``: ``...`` and its last ``KEPT``, as its first characters
+are much the same for every token), the query string is never written, and every
+character below 0x20 or from 0x7f is written as ``\\xNN``, so a ``%0A`` in a path cannot
+forge a log line. nginx.conf's log_format applies the same rule.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import uuid
 from datetime import datetime
 from http import HTTPStatus
 
-from gunicorn import util
+from gunicorn import glogging, util
 from gunicorn.http import errors as http_errors
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers import gthread
@@ -136,3 +144,42 @@ class ThreadWorker(gthread.ThreadWorker):
             util.write_nonblock(client, data)
         except Exception:
             self.log.debug("failed to send an error answer")
+
+
+# -- the access log -----------------------------------------------------------------------
+
+LONG_SEGMENT = 16
+KEPT = 6
+_TOKEN_PATH = re.compile(r"^(/vimeo/api/v1\.0/t/)([^/]*)(.*)$", re.DOTALL)
+_LONG = re.compile(r"(?<=/)([^/]{%d})[^/]{%d,}" % (KEPT, LONG_SEGMENT - KEPT))
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\"\\]")
+
+
+def redact_path(path: str) -> str:
+    """The form of a request path the logs keep (see the module's docstring)."""
+    token = _TOKEN_PATH.match(path)
+    if token and len(token[2]) >= LONG_SEGMENT:
+        path = f"{token[1]}...{token[2][-KEPT:]}{token[3]}"
+    return _LONG.sub(r"\1...", path)
+
+
+def escape(value: str) -> str:
+    """Control characters (and quotes, backslashes) as ``\\xNN``, as nginx writes them."""
+    return _CONTROL.sub(lambda m: "\\x%02X" % ord(m[0]), value)
+
+
+class AccessLogger(glogging.Logger):
+    """gunicorn's logger, its access lines without capabilities or control characters."""
+
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        path = redact_path(environ.get("PATH_INFO") or "")
+        atoms["U"] = path
+        atoms["r"] = f"{environ.get('REQUEST_METHOD')} {path} {environ.get('SERVER_PROTOCOL')}"
+        atoms["q"] = "-"
+        if isinstance(atoms.get("f"), str):
+            atoms["f"] = redact_path(atoms["f"])  # a Referer may be a download's URL
+        for key in [k for k in atoms if k.endswith("}e")]:
+            # The environ carries the raw URI and the query string: never in a log.
+            atoms[key] = "-"
+        return {key: escape(value) if isinstance(value, str) else value for key, value in atoms.items()}

@@ -377,7 +377,7 @@ def test_a_query_password_reaches_no_log(stack):
         access_line(stack, rid)  # nginx logged the request (path, no query)...
         assert eventually(lambda: rid in stack.app_log())  # ...and the app, under nginx's id
     access, app_log = stack.access_log(), stack.app_log()
-    assert f'"GET {API}{url} HTTP/1.1" 200' in access
+    assert f'"GET {API}/file/{body["filehash"][:6]}... HTTP/1.1" 200' in access
     for log in (access, stack.error_log(), app_log):
         assert secret not in log
         assert "password=" not in log
