@@ -4,8 +4,9 @@ import os
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
-# gthread, answering gunicorn's own errors as the API's JSON (vimeo_api/serving.py).
-# Another class (sync, gthread) works, with gunicorn's HTML error pages.
+# gthread, answering gunicorn's own errors as the API's JSON and accepting a connection
+# only with a thread free for it (vimeo_api/serving.py). Another class (sync, gthread)
+# works, with gunicorn's HTML error pages.
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "vimeo_api.serving.ThreadWorker")
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))

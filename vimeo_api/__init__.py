@@ -13,7 +13,7 @@ import uuid
 from flask import Flask, g, request
 from sqlalchemy import event
 
-from . import config, delivery, grants, limits, logs, metacache, observability, queue, storage
+from . import body_reading, config, delivery, grants, limits, logs, metacache, observability, queue, storage
 from .celery_app import celery_init_app
 from .errors import register_error_handlers
 from .extensions import cache, db
@@ -53,6 +53,8 @@ def register_extensions(app: Flask, *, migrations: bool = True) -> None:
     grants.init_app(app)
     queue.init_app(app)
     limits.init_app(app)
+    # Request bodies that stall or trickle are cut off (the embedded default's threads).
+    body_reading.init_app(app)
     celery_init_app(app)
     observability.init_app(app)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):

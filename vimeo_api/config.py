@@ -113,6 +113,12 @@ DEFAULTS: dict[str, object] = {
     # address: 0 on the embedded default, 1 (nginx) in the stack. Never more than are
     # really there: a client could then choose the address it is counted under.
     "TRUSTED_PROXY_COUNT": 0,
+    # A request body must deliver bytes at least every BODY_READ_TIMEOUT seconds and,
+    # once it has been arriving that long, average BODY_MIN_RATE bytes a second, or it is
+    # cut off with 408 (vimeo_api/body_reading.py): on the embedded default, clients
+    # trickling their uploads would otherwise hold gunicorn's threads. 0: no limit.
+    "BODY_READ_TIMEOUT": 30,
+    "BODY_MIN_RATE": 4096,
     "LOG_LEVEL": "INFO",
 }
 

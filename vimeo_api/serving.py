@@ -1,6 +1,6 @@
 """What gunicorn runs around the app (gunicorn.conf.py names both classes).
 
-``ThreadWorker``: gunicorn's gthread worker with one change.
+``ThreadWorker``: gunicorn's gthread worker with two changes.
 
 * The answers gunicorn writes itself, for requests it cannot hand to the app (a bad
   request line, a header too large, broken chunking), are the API's JSON errors with
@@ -8,6 +8,12 @@
   no setting for this: its worker writes a fixed HTML page (``Worker.handle_error`` and
   ``util.write_error`` in gunicorn 27.0.1), so this is the one place we answer HTTP by
   hand, and it is small: a status line, five headers, one JSON body.
+* It accepts a connection only while one of its threads is free. gthread accepts up to
+  ``worker_connections`` and queues them behind its busy threads, so with the four
+  threads of one worker held by clients trickling their bodies, every connection that
+  worker accepted waited behind them, while other workers had threads idle. A
+  connection left unaccepted waits in the kernel for any worker with a free thread.
+  (Slow bodies are also cut off by the app: ``body_reading``.)
 
 ``AccessLogger``: gunicorn's access log without capabilities and without control
 characters: each path segment of ``LONG_SEGMENT`` characters or more (a filehash, a
@@ -101,7 +107,31 @@ def _request_id(req) -> str:
 
 
 class ThreadWorker(gthread.ThreadWorker):
-    """gthread, answering its own errors as the API's JSON (see the module's docstring)."""
+    """gthread, answering its own errors as the API's JSON and accepting only with a
+    thread free (see the module's docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Connections handed to the thread pool and not finished yet. Only the main
+        # thread changes it (accept, the poller's callbacks, finish_request).
+        self.busy = 0
+
+    # -- accepting only with a free thread
+
+    def enqueue_req(self, conn):
+        self.busy += 1
+        super().enqueue_req(conn)
+        if self.busy >= self.cfg.threads:
+            self.set_accept_enabled(False)
+
+    def finish_request(self, conn, fs):
+        self.busy -= 1
+        super().finish_request(conn, fs)
+
+    def set_accept_enabled(self, enabled):
+        # The main loop turns accepting back on as soon as it may; it stays off while
+        # every thread is busy (the loop wakes when one finishes).
+        super().set_accept_enabled(enabled and self.busy < self.cfg.threads)
 
     # -- gunicorn's own answers
 
