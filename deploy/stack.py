@@ -136,6 +136,8 @@ class NginxSettings:
     log_dir: str | None = None  # access.log and error.log; default: runtime_dir
     pid_file: str | None = None  # default: <runtime_dir>/nginx.pid
     max_body_size: int = 16 * MiB  # the app's MAX_UPLOAD_SIZE
+    # The app's MULTIPART_OVERHEAD: what a multipart body may carry beyond its file.
+    multipart_overhead: int = 64 * 1024
     # nginx's worker user: the user gunicorn runs as, so the app can read and rename
     # the 0600 body files nginx writes. None: the user running this (root included).
     user: str | None = None
@@ -168,6 +170,7 @@ def render_nginx(settings: NginxSettings) -> str:
         "app_address": settings.app_address,
         "storage_dir": os.path.abspath(settings.storage_dir),
         "max_body_size": str(int(settings.max_body_size)),
+        "max_multipart_body_size": str(int(settings.max_body_size) + int(settings.multipart_overhead)),
         "extra_locations": settings.extra_locations,
         "json_errors": nginx_errors(int(settings.max_body_size)),
     }
@@ -336,6 +339,7 @@ def stack_nginx_settings(env: dict[str, str]) -> NginxSettings:
         runtime_dir=os.path.join(stack_dir, "nginx"),
         log_dir=os.path.join(stack_dir, "log"),
         max_body_size=int(env.get("VIMEO_MAX_UPLOAD_SIZE", 16 * MiB)),
+        multipart_overhead=int(env.get("VIMEO_MULTIPART_OVERHEAD", 64 * 1024)),
     )
 
 
@@ -424,13 +428,15 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--log-dir", default="/var/log/nginx")
     render.add_argument("--pid-file", default="/run/nginx.pid", help="where Debian's nginx.service looks")
     render.add_argument("--max-upload-size", type=int, default=16 * MiB)
+    render.add_argument("--multipart-overhead", type=int, default=64 * 1024,
+                        help="the app's MULTIPART_OVERHEAD")
     render.add_argument("--user", default="www-data", help="nginx's worker user: the user gunicorn runs as")
     args = parser.parse_args(argv)
     if args.command == "render":
         sys.stdout.write(render_nginx(NginxSettings(
             listen=args.listen, app_address=args.app, storage_dir=args.storage_dir,
             runtime_dir=args.runtime_dir, log_dir=args.log_dir, pid_file=args.pid_file,
-            max_body_size=args.max_upload_size,
+            max_body_size=args.max_upload_size, multipart_overhead=args.multipart_overhead,
             user=args.user,
         )))
         return 0

@@ -249,6 +249,28 @@ def test_upload_over_the_limit_is_413_and_leaves_nothing(target, how):
     assert files_under(os.path.join(target.storage_dir, "tmp")) == []
 
 
+@pytest.mark.parametrize("how", ["multipart", "raw"])
+def test_a_file_of_exactly_the_limit_uploads_and_one_byte_more_does_not(target, how):
+    """The limit is the file's size, whatever framing carries it: a multipart body is
+    larger than its file (boundaries, part headers, fields), and nginx's
+    client_max_body_size counted that too (issue 13)."""
+    limit = 16 * MiB
+    for size, status in ((limit, 201), (limit + 1, 413)):
+        content = b"\1" * size
+        if how == "multipart":
+            answer = target.upload(content, "edge.bin", max_downloads=0)
+        else:
+            answer = target.request("PUT", "/upload/edge.bin", data=content, headers={"X-Max-Downloads": "0"})
+        assert answer.status == status, answer
+        if status == 201:
+            assert answer.json()["size"] == limit
+            assert answer.json()["sha256"] == hashlib.sha256(content).hexdigest()
+        else:
+            assert_error(target, answer, 413, "Request Entity Too Large")
+    assert target.sql("select count(*) from files")[0][0] == 1
+    assert files_under(os.path.join(target.storage_dir, "tmp")) == []
+
+
 # -- raw upload ------------------------------------------------------------------------
 
 def test_raw_upload_with_options_in_headers(target):

@@ -266,3 +266,12 @@ def test_requests_nginx_cannot_read_get_the_json_too(tmp_path):
             assert json.loads(got.body) == {"error": PHRASES[status], "message": message, "request_id": request_id}
     finally:
         stop(proc)
+
+
+def test_a_multipart_body_may_carry_its_framing_beside_a_file_of_the_limit(conf):
+    """client_max_body_size counts the whole body: the multipart routes allow the app's
+    MULTIPART_OVERHEAD beyond MAX_UPLOAD_SIZE, a raw upload (its body is the file) not."""
+    server_block = conf[conf.index("    server {"):conf.index("        location / {")]
+    assert f"client_max_body_size {MAX_BODY + 64 * 1024};" in server_block
+    upload_block = conf[conf.index("location ~ ^/vimeo/api/v1\\.0/upload"):conf.index("location /_vimeo_blobs/")]
+    assert f"client_max_body_size {MAX_BODY};" in upload_block

@@ -16,6 +16,10 @@ DEFAULTS: dict[str, object] = {
     # trusted for it: see README "Public URL".
     "PUBLIC_URL": "http://127.0.0.1:8000",
     "MAX_UPLOAD_SIZE": 16 * MiB,
+    # Bytes a multipart upload's body may carry beyond its file (boundaries, part
+    # headers, the option fields): MAX_UPLOAD_SIZE is the file's limit, however it is
+    # sent (vimeo_api/uploads.py; nginx.conf allows the same).
+    "MULTIPART_OVERHEAD": 64 * 1024,
     # Seconds. DEFAULT applies when the client gives no expiry; MAX caps what it may ask for
     # (None: no cap, and ``never`` is allowed).
     "DEFAULT_EXPIRES_IN": 7 * 24 * 3600,
@@ -150,7 +154,8 @@ def _derive(app) -> None:
     cfg["PUBLIC_URL"] = str(cfg["PUBLIC_URL"]).rstrip("/")
     cfg["SQLALCHEMY_DATABASE_URI"] = cfg["DATABASE_URL"]
     cfg.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
-    # werkzeug enforces this while the body streams: 413 before the limit is passed.
+    # werkzeug enforces this while the body streams: 413 before the limit is passed (a
+    # multipart body may be MULTIPART_OVERHEAD larger: uploads.UploadRequest).
     cfg["MAX_CONTENT_LENGTH"] = int(cfg["MAX_UPLOAD_SIZE"])
     # A multipart body may carry small text fields beside the file; the file part itself
     # goes to our own stream (see uploads.py), never to memory.

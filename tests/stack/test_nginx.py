@@ -300,12 +300,20 @@ def test_blob_mtime_is_never_later_than_last_modified(stack):
 # -- nginx's own answers are the API's JSON errors ---------------------------------------
 
 def test_nginx_413_is_json_and_leaves_nothing(stack):
-    big = b"\0" * (16 * MiB + 1)
-    for route, kwargs in (("/upload/big.bin", {"data": big}), ("/file", {"files": {"file": ("big.bin", big)}})):
+    # A raw body one byte over the limit; a multipart body over the limit and the framing
+    # a multipart body may add (MULTIPART_OVERHEAD, 64 KiB by default).
+    over = b"\0" * (16 * MiB + 1)
+    way_over = b"\0" * (16 * MiB + 64 * 1024 + 1)
+    for route, kwargs in (("/upload/big.bin", {"data": over}), ("/file", {"files": {"file": ("big.bin", way_over)}})):
         answer = requests.put(stack.base + API + route, timeout=60, **kwargs)
         body = assert_json_error(answer, 413, "Request Entity Too Large")
         # nginx answered before the app saw anything.
         assert "ustatus=- urt=-" in access_line(stack, body["request_id"])
+    # One byte over as multipart: within nginx's allowance, the app holds the file part
+    # to the limit itself.
+    answer = requests.put(stack.base + API + "/file", files={"file": ("big.bin", over)}, timeout=60)
+    body = assert_json_error(answer, 413, "Request Entity Too Large")
+    assert "ustatus=413" in access_line(stack, body["request_id"])
     assert eventually(lambda: files_in(stack.body_dir) == [])
     assert files_in(Path(stack.storage_dir, "blobs")) == []
 
