@@ -18,6 +18,8 @@ import pytest
 from werkzeug.http import http_date, parse_date
 
 MiB = 1024 * 1024
+PUBLIC = "http://files.test"
+API_PREFIX = "/vimeo/api/v1.0"
 FILE_URL = "http://files.test/vimeo/api/v1.0/file/"
 ERROR_KEYS = {"error", "message", "request_id"}
 UPLOAD_KEYS = {
@@ -28,7 +30,7 @@ UPLOAD_KEYS = {
 DATA = bytes((i * 7 + i // 256) % 256 for i in range(1000))
 SUCCESS_HEADERS = (
     "Content-Type", "Content-Length", "ETag", "Last-Modified", "Accept-Ranges",
-    "X-Content-Type-Options", "Content-Disposition", "Cache-Control",
+    "X-Content-Type-Options", "Content-Disposition", "Cache-Control", "Content-Security-Policy",
 )
 
 
@@ -467,6 +469,38 @@ def test_active_content_is_an_attachment(target, content, filename, content_type
     assert answer.headers["Content-Disposition"].startswith("attachment; ")
     assert f"filename*=UTF-8''{filename}" in answer.headers["Content-Disposition"]
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Range": "bytes=0-3"}, {"Range": "bytes=0-1,4-5"}, {"Range": "bytes=x"}],
+                         ids=["whole", "range", "ranges", "ignored-range"])
+def test_an_inline_pdf_is_a_sandboxed_document(target, headers):
+    """A browser's PDF viewer runs the document's scripts: every download carries a
+    sandboxing Content-Security-Policy, whoever sends the bytes (issue 13)."""
+    pdf = b"%PDF-1.4\n1 0 obj << /OpenAction << /S /JavaScript /JS (app.alert(1)) >> >>\n%%EOF\n"
+    body = unlimited(target, pdf, "report.pdf")
+    for _ in range(2):  # the second may come from nginx's fast path
+        answer = target.request("GET", path(body), headers=headers)
+        assert answer.status in (200, 206), answer
+        assert answer.headers["Content-Disposition"].startswith("inline; ")
+        assert answer.headers["Content-Security-Policy"] == "sandbox"
+    version = target.request("POST", path(body) + "/versions", headers={"X-Owner-Token": body["owner_token"]}).json()
+    answer = target.request("GET", "/v/" + version["version_id"], headers=headers)
+    assert answer.headers["Content-Security-Policy"] == "sandbox"
+
+
+@pytest.mark.parametrize("host", ["evil.test", "files.test:1"])
+def test_a_redirect_points_at_the_public_url_whatever_the_host(target, host):
+    """werkzeug answers 308 to a path with "//" and built its Location from the Host the
+    client sent (issue 13): a forged Host sent clients elsewhere."""
+    body = unlimited(target)
+    for sent, location in (
+        (f"{API_PREFIX}//file/{body['filehash']}", f"{API_PREFIX}/file/{body['filehash']}"),
+        (f"{API_PREFIX}//openapi.json?x=1", f"{API_PREFIX}/openapi.json?x=1"),
+    ):
+        answer = target.request("GET", sent, headers={"Host": host})
+        assert answer.status == 308, answer
+        assert answer.headers["Location"] == PUBLIC + location
+        assert answer.body == b""
 
 
 @pytest.mark.parametrize(

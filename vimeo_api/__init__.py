@@ -13,7 +13,7 @@ import uuid
 from flask import Flask, g, request
 from sqlalchemy import event
 
-from . import body_reading, config, delivery, grants, limits, logs, metacache, observability, queue, storage
+from . import body_reading, config, delivery, grants, limits, logs, metacache, observability, queue, storage, urls
 from .celery_app import celery_init_app
 from .errors import register_error_handlers
 from .extensions import cache, db
@@ -86,6 +86,9 @@ def register_request_hooks(app: Flask) -> None:
     def echo_request_id(response):
         response.headers.setdefault("X-Request-Id", getattr(g, "request_id", ""))
         return response
+
+    # Redirects point at PUBLIC_URL, never at the request's Host.
+    urls.init_app(app)
 
 
 def register_commands(app: Flask) -> None:

@@ -155,6 +155,13 @@ def validator_headers(resource, klass: CacheClass) -> dict[str, str]:
     }
 
 
+# Every download is a sandboxed document should a browser render it: an inline PDF
+# opens in a viewer that runs the document's own scripts, and other inline types a
+# browser shows may have such viewers too. No scripts, forms, plugins or same-origin
+# access on our origin; an attachment is not rendered, so it costs nothing there.
+DOWNLOAD_CSP = "sandbox"
+
+
 def content_headers(resource, klass: CacheClass) -> dict[str, str]:
     """Every header a 200/206 about the resource carries, but its length and range."""
     headers = validator_headers(resource, klass)
@@ -162,4 +169,5 @@ def content_headers(resource, klass: CacheClass) -> dict[str, str]:
     headers["Content-Disposition"] = content_disposition(resource.filename, resource.content_type)
     headers["Accept-Ranges"] = "bytes"
     headers["X-Content-Type-Options"] = "nosniff"
+    headers["Content-Security-Policy"] = DOWNLOAD_CSP
     return headers

@@ -31,7 +31,7 @@ ERROR_KEYS = {"error", "message", "request_id"}
 # Headers that must appear once on every success (SPEC 3.2), whoever sent it.
 SUCCESS_HEADERS = (
     "Content-Type", "Content-Length", "ETag", "Last-Modified", "Accept-Ranges",
-    "X-Content-Type-Options", "Content-Disposition", "Cache-Control",
+    "X-Content-Type-Options", "Content-Disposition", "Cache-Control", "Content-Security-Policy",
 )
 
 
