@@ -9,8 +9,10 @@ the rendered nginx.conf (for /etc/nginx with the systemd units in deploy/).
 
 Settings come from the environment (a ``.env`` file works): every ``VIMEO_*`` setting of
 the app, plus ``VIMEO_STACK_HOST``/``VIMEO_STACK_PORT`` (nginx, default 127.0.0.1:8080),
-``VIMEO_STACK_APP_PORT`` (gunicorn, default 8001) and ``VIMEO_STACK_DIR`` (default
-``var/stack``). The tests and the benchmarks start nginx and gunicorn through the same
+``VIMEO_STACK_APP_PORT`` (gunicorn, default 8001), ``VIMEO_STACK_DIR`` (default
+``var/stack``), ``VIMEO_TLS_CERT``/``VIMEO_TLS_KEY`` (nginx terminates TLS, with HSTS) and
+``VIMEO_TRUSTED_PROXIES`` (proxies in front of nginx whose X-Forwarded-For names the
+client). The tests and the benchmarks start nginx and gunicorn through the same
 functions.
 """
 
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import grp
+import ipaddress
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -144,6 +148,16 @@ class NginxSettings:
     worker_processes: str = "auto"
     error_log_level: str = "crit"
     extra_locations: str = ""  # more location blocks (the benchmark's /static/)
+    # TLS terminated by nginx: the certificate (chain) and key files; both or neither.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    hsts_max_age: int = 31536000
+    # Addresses or CIDRs of proxies in front of nginx whose X-Forwarded-For it believes
+    # for the client's address (ngx_http_realip_module). Only what really stands there.
+    trusted_proxies: tuple[str, ...] = ()
+    # nginx's coarse flood guard per client address (the app's limits are the fine ones).
+    limit_req_rate: str = "100r/s"
+    limit_req_burst: int = 200
 
     def user_directive(self) -> str:
         if self.user:
@@ -173,12 +187,32 @@ def render_nginx(settings: NginxSettings) -> str:
         "max_multipart_body_size": str(int(settings.max_body_size) + int(settings.multipart_overhead)),
         "extra_locations": settings.extra_locations,
         "json_errors": nginx_errors(int(settings.max_body_size)),
+        "tls": bool(settings.tls_cert),
+        "tls_cert": os.path.abspath(settings.tls_cert) if settings.tls_cert else "",
+        "tls_key": os.path.abspath(settings.tls_key) if settings.tls_key else "",
+        "hsts": f"max-age={int(settings.hsts_max_age)}",
+        "trusted_proxies": [_address(proxy) for proxy in settings.trusted_proxies],
+        "limit_req_rate": settings.limit_req_rate,
+        "limit_req_burst": int(settings.limit_req_burst),
     }
-    for name in ("runtime_dir", "log_dir", "pid_file", "storage_dir"):
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ValueError("TLS needs both a certificate and a key (VIMEO_TLS_CERT and VIMEO_TLS_KEY)")
+    if not re.fullmatch(r"[0-9]+r/[sm]", settings.limit_req_rate):
+        raise ValueError(f"limit_req_rate is not nginx's rate: {settings.limit_req_rate!r}")
+    for name in ("runtime_dir", "log_dir", "pid_file", "storage_dir", "tls_cert", "tls_key"):
         # nginx would read a space or ';' as the end of the path.
         if any(ch in values[name] for ch in " ;'\"{}$#\n"):
             raise ValueError(f"{name} cannot be used in nginx.conf: {values[name]!r}")
     return _template().render(values)
+
+
+def _address(proxy: str) -> str:
+    """A trusted proxy's address or network, checked (nginx would take a word for a
+    hostname and resolve it at start-up)."""
+    try:
+        return str(ipaddress.ip_network(proxy.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"a trusted proxy is an IP address or CIDR, not {proxy!r}") from None
 
 
 def write_nginx_conf(settings: NginxSettings) -> Path:
@@ -290,7 +324,8 @@ def stack_environment(base: dict[str, str]) -> dict[str, str]:
     env.setdefault("VIMEO_STACK_DIR", str(stack_dir))
     env.setdefault("VIMEO_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/vimeo")
     env.setdefault("VIMEO_STORAGE_DIR", str(stack_dir / "storage"))
-    env.setdefault("VIMEO_PUBLIC_URL", f"http://{host}:{port}")
+    scheme = "https" if env.get("VIMEO_TLS_CERT") else "http"
+    env.setdefault("VIMEO_PUBLIC_URL", f"{scheme}://{host}:{port}")
     env.setdefault("VIMEO_BROKER_URL", "redis://127.0.0.1:6379/0")
     env.setdefault("VIMEO_CACHE_TYPE", "RedisCache")
     env.setdefault("VIMEO_CACHE_REDIS_URL", "redis://127.0.0.1:6379/1")
@@ -340,7 +375,21 @@ def stack_nginx_settings(env: dict[str, str]) -> NginxSettings:
         log_dir=os.path.join(stack_dir, "log"),
         max_body_size=int(env.get("VIMEO_MAX_UPLOAD_SIZE", 16 * MiB)),
         multipart_overhead=int(env.get("VIMEO_MULTIPART_OVERHEAD", 64 * 1024)),
+        tls_cert=env.get("VIMEO_TLS_CERT") or None,
+        tls_key=env.get("VIMEO_TLS_KEY") or None,
+        trusted_proxies=trusted_proxies(env.get("VIMEO_TRUSTED_PROXIES", "")),
     )
+
+
+def trusted_proxies(value: str) -> tuple[str, ...]:
+    """``VIMEO_TRUSTED_PROXIES``: a JSON list or a comma-separated list of addresses and
+    CIDRs ("127.0.0.1", "10.0.0.0/8")."""
+    value = value.strip()
+    if value.startswith("["):
+        items = json.loads(value)
+    else:
+        items = value.split(",")
+    return tuple(item.strip() for item in items if item.strip())
 
 
 def run_stack() -> int:
@@ -431,13 +480,18 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--multipart-overhead", type=int, default=64 * 1024,
                         help="the app's MULTIPART_OVERHEAD")
     render.add_argument("--user", default="www-data", help="nginx's worker user: the user gunicorn runs as")
+    render.add_argument("--tls-cert", help="TLS certificate (chain) file: nginx terminates TLS, with HSTS")
+    render.add_argument("--tls-key", help="the certificate's key file")
+    render.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS",
+                        help="a proxy in front of nginx whose X-Forwarded-For names the client (repeat)")
     args = parser.parse_args(argv)
     if args.command == "render":
         sys.stdout.write(render_nginx(NginxSettings(
             listen=args.listen, app_address=args.app, storage_dir=args.storage_dir,
             runtime_dir=args.runtime_dir, log_dir=args.log_dir, pid_file=args.pid_file,
             max_body_size=args.max_upload_size, multipart_overhead=args.multipart_overhead,
-            user=args.user,
+            user=args.user, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            trusted_proxies=tuple(args.trusted_proxy),
         )))
         return 0
     return run_stack()

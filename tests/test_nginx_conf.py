@@ -276,3 +276,17 @@ def test_a_multipart_body_may_carry_its_framing_beside_a_file_of_the_limit(conf)
     start = conf.index("location ~ ^/vimeo/api/v1\\.0/upload")
     upload_block = conf[start:conf.index("location /_vimeo_blobs/", start)]
     assert f"client_max_body_size {MAX_BODY};" in upload_block
+
+
+def test_tls_and_trusted_proxies_are_checked_before_nginx_sees_them(tmp_path):
+    with pytest.raises(ValueError, match="both"):
+        render_nginx(settings_in(tmp_path, tls_cert="/etc/ssl/cert.pem"))
+    with pytest.raises(ValueError, match="trusted proxy"):
+        render_nginx(settings_in(tmp_path, trusted_proxies=("proxy.example",)))
+    with pytest.raises(ValueError, match="rate"):
+        render_nginx(settings_in(tmp_path, limit_req_rate="100r/s; deny all"))
+    conf = render_nginx(settings_in(tmp_path, trusted_proxies=("10.0.0.0/8", "::1")))
+    assert "set_real_ip_from 10.0.0.0/8;" in conf and "set_real_ip_from ::1/128;" in conf
+    assert "real_ip_recursive on;" in conf
+    assert "real_ip_header" not in render_nginx(settings_in(tmp_path))
+    assert "ssl" not in render_nginx(settings_in(tmp_path)).split("server {", 1)[1].split("server_name", 1)[0]
