@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test venv services nginx stack migrate clean bench bench-quick bench-downloads bench-upload-offload bench-upload-memory bench-workers
+.PHONY: run test test-tools venv services nginx stack migrate clean bench bench-quick bench-downloads bench-upload-offload bench-upload-memory bench-workers
 
 venv: $(STAMP)
 
@@ -34,7 +34,12 @@ nginx:
 stack: venv services nginx
 	$(BIN)/python -m deploy.stack
 
-test: venv services nginx
+# The tests' other real components: Varnish (the edge cache in front of the stack),
+# openssl (a CA of the TLS tests' own) and curl (https with --cacert).
+test-tools:
+	bash scripts/install-nginx varnish openssl curl
+
+test: venv services nginx test-tools
 	$(BIN)/python -m pytest
 
 # Every benchmark scenario in one run, each against a baseline of the same run; writes

@@ -215,6 +215,36 @@ def _address(proxy: str) -> str:
         raise ValueError(f"a trusted proxy is an IP address or CIDR, not {proxy!r}") from None
 
 
+VCL_TEMPLATE = ROOT / "deploy" / "varnish.vcl"
+
+
+def render_vcl(backend: str, purgers: tuple[str, ...] = ("127.0.0.1", "::1")) -> str:
+    """deploy/varnish.vcl for an edge cache in front of nginx at ``backend``
+    ("host:port"); ``purgers``: the addresses that may BAN and PURGE."""
+    host, _, port = backend.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"the backend is host:port, not {backend!r}")
+    host = host.strip("[]")
+    ipaddress.ip_address(host)  # an address: Varnish would resolve a name once, at start
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                                     keep_trailing_newline=True, autoescape=False)
+    return environment.from_string(VCL_TEMPLATE.read_text()).render(
+        backend_host=host, backend_port=port,
+        purgers=[str(ipaddress.ip_address(address)) for address in purgers],
+    )
+
+
+def varnish_command(vcl: Path, listen: str, workdir: Path, *, storage: str = "malloc,64m") -> list[str]:
+    """varnishd in the foreground on a rendered VCL. ``-j none``: no privilege
+    separation, for a test or a local stack run as one user (a server runs Debian's
+    varnish.service instead)."""
+    binary = shutil.which("varnishd") or "/usr/sbin/varnishd"
+    if not os.access(binary, os.X_OK):
+        raise RuntimeError("varnishd is not installed: run scripts/install-nginx varnish (make test does)")
+    return [binary, "-F", "-j", "none", "-a", listen, "-f", str(Path(vcl).resolve()), "-n", str(Path(workdir).resolve()),
+            "-s", storage, "-p", "ban_lurker_sleep=0.1"]
+
+
 def write_nginx_conf(settings: NginxSettings) -> Path:
     """Render into ``<runtime_dir>/nginx.conf`` and create the directories it names."""
     runtime = Path(settings.runtime_dir)
@@ -484,7 +514,14 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--tls-key", help="the certificate's key file")
     render.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS",
                         help="a proxy in front of nginx whose X-Forwarded-For names the client (repeat)")
+    vcl = sub.add_parser("render-vcl", help="print deploy/varnish.vcl rendered for an edge cache in front of nginx")
+    vcl.add_argument("--backend", default="127.0.0.1:80", help="nginx's address, host:port")
+    vcl.add_argument("--purger", action="append", default=[], metavar="ADDRESS",
+                     help="an address that may BAN/PURGE (repeat; default 127.0.0.1 and ::1)")
     args = parser.parse_args(argv)
+    if args.command == "render-vcl":
+        sys.stdout.write(render_vcl(args.backend, tuple(args.purger) or ("127.0.0.1", "::1")))
+        return 0
     if args.command == "render":
         sys.stdout.write(render_nginx(NginxSettings(
             listen=args.listen, app_address=args.app, storage_dir=args.storage_dir,

@@ -226,13 +226,17 @@ schemas = {
                                   "description": "pending: the cache is down; the purge is carried out when it is back."}},
     },
     "PurgeRecord": {
-        "type": "object", "required": ["purge_id", "type", "items", "status", "files", "created_at", "completed_at"],
+        "type": "object", "required": ["purge_id", "type", "items", "status", "files", "created_at", "completed_at",
+                                       "edges_targeted", "edges_done"],
         "properties": {
             "purge_id": {"type": "string"}, "type": {"enum": ["url", "prefix", "all"]},
             "items": {"type": "array", "items": {"type": "string"}},
             "status": {"enum": ["done", "pending"]},
             "files": {"type": "integer", "minimum": 0, "description": "Files whose cached entries were dropped."},
             "created_at": {"type": "string"}, "completed_at": {"type": ["string", "null"]},
+            "edges_targeted": {"type": "integer", "minimum": 0,
+                               "description": "Edge caches (EDGE_PURGE_URLS) sent a BAN of the purged files."},
+            "edges_done": {"type": "integer", "minimum": 0, "description": "Edges that took it (answered 2xx)."},
         },
     },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},

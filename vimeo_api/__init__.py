@@ -13,7 +13,7 @@ import uuid
 from flask import Flask, g, request
 from sqlalchemy import event
 
-from . import body_reading, config, delivery, grants, limits, logs, metacache, observability, queue, storage, urls
+from . import body_reading, config, delivery, edge, grants, limits, logs, metacache, observability, queue, storage, urls
 from .celery_app import celery_init_app
 from .errors import register_error_handlers
 from .extensions import cache, db
@@ -48,9 +48,11 @@ def register_extensions(app: Flask, *, migrations: bool = True) -> None:
     cache.init_app(app)
     storage.init_app(app)
     delivery.init_app(app)
-    # The domain's listeners: the metadata cache, nginx's grants and the task queue.
+    # The domain's listeners: the metadata cache, nginx's grants, the edge caches in
+    # front and the task queue.
     metacache.init_app(app)
     grants.init_app(app)
+    edge.init_app(app)
     queue.init_app(app)
     limits.init_app(app)
     # Request bodies that stall or trickle are cut off (the embedded default's threads).

@@ -123,6 +123,13 @@ DEFAULTS: dict[str, object] = {
     # trickling their uploads would otherwise hold gunicorn's threads. 0: no limit.
     "BODY_READ_TIMEOUT": 30,
     "BODY_MIN_RATE": 4096,
+    # Edge caches in front of the service (a CDN's role; Varnish with deploy/varnish.vcl):
+    # a JSON list of URLs each taking a BAN with the Surrogate-Key header naming what to
+    # drop (vimeo_api/edge.py). DELETE, replacement, a PATCH, a version's retirement and
+    # POST /purge reach them, each edge within EDGE_TIMEOUT seconds; an edge that is down
+    # fails nothing (it is logged and counted).
+    "EDGE_PURGE_URLS": [],
+    "EDGE_TIMEOUT": 2,
     "LOG_LEVEL": "INFO",
 }
 

@@ -9,9 +9,9 @@ answers are built here.
 ``AccelSender`` (``DELIVERY = "accel"``, the stack): the app answers
 ``X-Accel-Redirect`` and nginx sends the bytes, ranges included. nginx copies only a few
 of the app's headers on such a redirect (Content-Type, Content-Disposition,
-Cache-Control, Expires, Set-Cookie, Accept-Ranges) and drops ETag, Last-Modified and
-Content-Security-Policy, so the validators, the cache class and the policy travel under
-private ``X-File-*`` names that the internal location re-adds (``add_header ETag
+Cache-Control, Expires, Set-Cookie, Accept-Ranges) and drops ETag, Last-Modified,
+Content-Security-Policy and Surrogate-Key, so the validators, the cache class, the policy
+and the edge's keys travel under private ``X-File-*`` names that the internal location re-adds (``add_header ETag
 $upstream_http_x_file_etag``; nginx.conf).
 Where nginx would not answer exactly what the app decided, the app sends the bytes.
 """
@@ -112,6 +112,7 @@ class AccelSender(AppSender):
             "X-File-Last-Modified": headers["Last-Modified"],
             "X-File-Cache-Control": headers["Cache-Control"],
             "X-File-Content-Security-Policy": headers["Content-Security-Policy"],
+            "X-File-Surrogate-Key": headers["Surrogate-Key"],
         })
 
 

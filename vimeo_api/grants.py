@@ -110,6 +110,7 @@ class Grant:
             "X-File-Last-Modified": h["Last-Modified"],
             "X-File-Cache-Control": h["Cache-Control"],
             "X-File-Content-Security-Policy": h["Content-Security-Policy"],
+            "X-File-Surrogate-Key": h["Surrogate-Key"],
         }
 
 
