@@ -34,10 +34,12 @@ nginx:
 stack: venv services nginx
 	$(BIN)/python -m deploy.stack
 
-# What the tests drive as a person would: curl and wget (cut off and resumed downloads),
-# Debian's Chromium and its driver (the landing page). Installed when missing, never skipped.
+# What the tests drive as a person would, and their other real components: curl and wget
+# (cut off and resumed downloads; https with --cacert), Debian's Chromium and its driver
+# (the landing page), Varnish (the edge cache in front of the stack), openssl (a CA of the
+# TLS tests' own). Installed when missing, never skipped.
 test-tools:
-	bash scripts/install-nginx curl wget chromium chromium-driver:chromedriver
+	bash scripts/install-nginx curl wget chromium chromium-driver:chromedriver varnish:varnishd openssl
 
 test: venv services nginx test-tools
 	$(BIN)/python -m pytest

@@ -4,7 +4,10 @@ import os
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+# gthread, answering gunicorn's own errors as the API's JSON and accepting a connection
+# only with a thread free for it (vimeo_api/serving.py). Another class (sync, gthread)
+# works, with gunicorn's HTML error pages.
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "vimeo_api.serving.ThreadWorker")
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
@@ -15,6 +18,12 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 # it records the path only.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)ss %({x-request-id}o)s'
+# The access log without capabilities (a filehash, version id or token in a path is cut
+# to its first characters) or control characters (vimeo_api/serving.py).
+logger_class = "vimeo_api.serving.AccessLogger"
+# gunicorn's longest request line (its default is 4094): nginx, in front in the stack,
+# refuses longer lines itself (its 8k header buffers), so both answer alike.
+limit_request_line = 8190
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # Which peers may set X-Forwarded-* (nginx, on loopback in the stack).

@@ -9,8 +9,10 @@ the rendered nginx.conf (for /etc/nginx with the systemd units in deploy/).
 
 Settings come from the environment (a ``.env`` file works): every ``VIMEO_*`` setting of
 the app, plus ``VIMEO_STACK_HOST``/``VIMEO_STACK_PORT`` (nginx, default 127.0.0.1:8080),
-``VIMEO_STACK_APP_PORT`` (gunicorn, default 8001) and ``VIMEO_STACK_DIR`` (default
-``var/stack``). The tests and the benchmarks start nginx and gunicorn through the same
+``VIMEO_STACK_APP_PORT`` (gunicorn, default 8001), ``VIMEO_STACK_DIR`` (default
+``var/stack``), ``VIMEO_TLS_CERT``/``VIMEO_TLS_KEY`` (nginx terminates TLS, with HSTS) and
+``VIMEO_TRUSTED_PROXIES`` (proxies in front of nginx whose X-Forwarded-For names the
+client). The tests and the benchmarks start nginx and gunicorn through the same
 functions.
 """
 
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import grp
+import ipaddress
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -46,9 +50,16 @@ BODY_DIR = "nginx-body"
 FAST_DOWNLOADS_LOG = "fast-downloads.log"
 # nginx.conf's log of what it sent of the transfers the app recorded (in its log_dir).
 TRANSFERS_LOG = "transfers.log"
-# The errors nginx itself may answer, each as the API's JSON (nginx.conf's @json_<code>,
-# and the error_page lines that lead there), with the app's phrase (vimeo_api/errors.py).
+# The errors nginx itself may answer, each as the API's JSON (nginx.conf's error_page
+# lines lead to its /_vimeo_error/<code> locations), with the app's phrase
+# (vimeo_api/errors.py).
 JSON_ERROR_CODES = (400, 403, 404, 405, 408, 411, 412, 413, 414, 416, 429, 500, 502, 503, 504)
+# Codes nginx decides that a client must not see as they are, and the status it gets
+# instead: 494 (a header line too large; nginx itself sends it as 400), 495-497 (TLS: a
+# client certificate that fails or is missing, plain HTTP to the TLS port), and the two
+# 5xx that only a client's own request causes (501: a Transfer-Encoding nginx does not
+# know; 505: an HTTP version other than 1.x). A hostile request never gets a 5xx.
+NGINX_ALIASES = {494: 431, 495: 400, 496: 400, 497: 400, 501: 400, 505: 400}
 # nginx's own message where the app's (errors.MESSAGES) does not fit what nginx saw, or
 # the app has none: nginx answers before or instead of the app (its 405 has no Allow
 # header to point at, its 413 names the limit). The other codes take the app's message.
@@ -61,33 +72,42 @@ NGINX_MESSAGES = {
     413: "The upload is larger than the configured maximum of {max_body_size} bytes.",
     416: "The requested range is not within the file.",
     429: "Slow down and retry.",
+    494: "A header field of the request is too large.",
+    495: "The client certificate could not be verified.",
+    496: "This address requires a client certificate.",
+    497: "This port speaks HTTPS: use https://.",
+    501: "The Transfer-Encoding of the request is not supported; send a Content-Length or a chunked body.",
     502: "The application is not answering; retry shortly.",
     503: "The service is unavailable; retry shortly.",
     504: "The application did not answer in time; retry shortly.",
+    505: "This HTTP version is not supported; use HTTP/1.1.",
 }
 
 
 @dataclass(frozen=True)
 class NginxError:
-    """One of nginx's JSON error answers: its code and its body, with nginx's
-    ``$request_id`` as the request id."""
+    """One of nginx's JSON error answers: the code nginx decided (the error_page it
+    leads to), the status the client gets, and the body, with nginx's ``$request_id``
+    as the request id."""
 
     code: int
+    status: int
     body: str
 
 
 def nginx_errors(max_body_size: int) -> list[NginxError]:
-    """The JSON answers of JSON_ERROR_CODES, in that order."""
+    """The JSON answers of JSON_ERROR_CODES, then of NGINX_ALIASES, in that order."""
     errors = []
-    for code in JSON_ERROR_CODES:
+    codes = [(code, code) for code in JSON_ERROR_CODES] + list(NGINX_ALIASES.items())
+    for code, status in codes:
         message = NGINX_MESSAGES[code].format(max_body_size=max_body_size) if code in NGINX_MESSAGES else MESSAGES[code]
-        phrase = PHRASES[code]
+        phrase = PHRASES[status]
         # In nginx's `return` text every "$" starts a variable, and there is no escape
         # for it: only the request id may be one.
         if "$" in phrase + message:
             raise ValueError(f"the error text of {code} cannot be used in nginx.conf: {phrase!r}, {message!r}")
         body = json.dumps({"error": phrase, "message": message, "request_id": "$request_id"})
-        errors.append(NginxError(code, body))
+        errors.append(NginxError(code, status, body))
     return errors
 
 
@@ -123,6 +143,8 @@ class NginxSettings:
     pid_file: str | None = None  # default: <runtime_dir>/nginx.pid
     max_body_size: int = 16 * MiB  # the app's MAX_UPLOAD_SIZE
     max_chunk_size: int = 64 * MiB  # the app's MAX_RESUMABLE_CHUNK_SIZE (tus)
+    # The app's MULTIPART_OVERHEAD: what a multipart body may carry beyond its file.
+    multipart_overhead: int = 64 * 1024
     # nginx's worker user: the user gunicorn runs as, so the app can read and rename
     # the 0600 body files nginx writes. None: the user running this (root included).
     user: str | None = None
@@ -130,6 +152,16 @@ class NginxSettings:
     error_log_level: str = "crit"
     extra_locations: str = ""  # more location blocks (the benchmark's /static/)
     extra_http: str = ""  # more http-level blocks (the benchmark's upstreams of its baseline apps)
+    # TLS terminated by nginx: the certificate (chain) and key files; both or neither.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    hsts_max_age: int = 31536000
+    # Addresses or CIDRs of proxies in front of nginx whose X-Forwarded-For it believes
+    # for the client's address (ngx_http_realip_module). Only what really stands there.
+    trusted_proxies: tuple[str, ...] = ()
+    # nginx's coarse flood guard per client address (the app's limits are the fine ones).
+    limit_req_rate: str = "100r/s"
+    limit_req_burst: int = 200
 
     def user_directive(self) -> str:
         if self.user:
@@ -157,15 +189,66 @@ def render_nginx(settings: NginxSettings) -> str:
         "storage_dir": os.path.abspath(settings.storage_dir),
         "max_body_size": str(int(settings.max_body_size)),
         "max_chunk_size": str(int(settings.max_chunk_size)),
+        "max_multipart_body_size": str(int(settings.max_body_size) + int(settings.multipart_overhead)),
         "extra_locations": settings.extra_locations,
         "extra_http": settings.extra_http,
         "json_errors": nginx_errors(int(settings.max_body_size)),
+        "tls": bool(settings.tls_cert),
+        "tls_cert": os.path.abspath(settings.tls_cert) if settings.tls_cert else "",
+        "tls_key": os.path.abspath(settings.tls_key) if settings.tls_key else "",
+        "hsts": f"max-age={int(settings.hsts_max_age)}",
+        "trusted_proxies": [_address(proxy) for proxy in settings.trusted_proxies],
+        "limit_req_rate": settings.limit_req_rate,
+        "limit_req_burst": int(settings.limit_req_burst),
     }
-    for name in ("runtime_dir", "log_dir", "pid_file", "storage_dir"):
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ValueError("TLS needs both a certificate and a key (VIMEO_TLS_CERT and VIMEO_TLS_KEY)")
+    if not re.fullmatch(r"[0-9]+r/[sm]", settings.limit_req_rate):
+        raise ValueError(f"limit_req_rate is not nginx's rate: {settings.limit_req_rate!r}")
+    for name in ("runtime_dir", "log_dir", "pid_file", "storage_dir", "tls_cert", "tls_key"):
         # nginx would read a space or ';' as the end of the path.
         if any(ch in values[name] for ch in " ;'\"{}$#\n"):
             raise ValueError(f"{name} cannot be used in nginx.conf: {values[name]!r}")
     return _template().render(values)
+
+
+def _address(proxy: str) -> str:
+    """A trusted proxy's address or network, checked (nginx would take a word for a
+    hostname and resolve it at start-up)."""
+    try:
+        return str(ipaddress.ip_network(proxy.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"a trusted proxy is an IP address or CIDR, not {proxy!r}") from None
+
+
+VCL_TEMPLATE = ROOT / "deploy" / "varnish.vcl"
+
+
+def render_vcl(backend: str, purgers: tuple[str, ...] = ("127.0.0.1", "::1")) -> str:
+    """deploy/varnish.vcl for an edge cache in front of nginx at ``backend``
+    ("host:port"); ``purgers``: the addresses that may BAN and PURGE."""
+    host, _, port = backend.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"the backend is host:port, not {backend!r}")
+    host = host.strip("[]")
+    ipaddress.ip_address(host)  # an address: Varnish would resolve a name once, at start
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                                     keep_trailing_newline=True, autoescape=False)
+    return environment.from_string(VCL_TEMPLATE.read_text()).render(
+        backend_host=host, backend_port=port,
+        purgers=[str(ipaddress.ip_address(address)) for address in purgers],
+    )
+
+
+def varnish_command(vcl: Path, listen: str, workdir: Path, *, storage: str = "malloc,64m") -> list[str]:
+    """varnishd in the foreground on a rendered VCL. ``-j none``: no privilege
+    separation, for a test or a local stack run as one user (a server runs Debian's
+    varnish.service instead)."""
+    binary = shutil.which("varnishd") or "/usr/sbin/varnishd"
+    if not os.access(binary, os.X_OK):
+        raise RuntimeError("varnishd is not installed: run scripts/install-nginx varnish (make test does)")
+    return [binary, "-F", "-j", "none", "-a", listen, "-f", str(Path(vcl).resolve()), "-n", str(Path(workdir).resolve()),
+            "-s", storage, "-p", "ban_lurker_sleep=0.1"]
 
 
 def write_nginx_conf(settings: NginxSettings) -> Path:
@@ -277,7 +360,8 @@ def stack_environment(base: dict[str, str]) -> dict[str, str]:
     env.setdefault("VIMEO_STACK_DIR", str(stack_dir))
     env.setdefault("VIMEO_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/vimeo")
     env.setdefault("VIMEO_STORAGE_DIR", str(stack_dir / "storage"))
-    env.setdefault("VIMEO_PUBLIC_URL", f"http://{host}:{port}")
+    scheme = "https" if env.get("VIMEO_TLS_CERT") else "http"
+    env.setdefault("VIMEO_PUBLIC_URL", f"{scheme}://{host}:{port}")
     env.setdefault("VIMEO_BROKER_URL", "redis://127.0.0.1:6379/0")
     env.setdefault("VIMEO_CACHE_TYPE", "RedisCache")
     env.setdefault("VIMEO_CACHE_REDIS_URL", "redis://127.0.0.1:6379/1")
@@ -329,7 +413,22 @@ def stack_nginx_settings(env: dict[str, str]) -> NginxSettings:
         log_dir=os.path.join(stack_dir, "log"),
         max_body_size=int(env.get("VIMEO_MAX_UPLOAD_SIZE", 16 * MiB)),
         max_chunk_size=int(env.get("VIMEO_MAX_RESUMABLE_CHUNK_SIZE", 64 * MiB)),
+        multipart_overhead=int(env.get("VIMEO_MULTIPART_OVERHEAD", 64 * 1024)),
+        tls_cert=env.get("VIMEO_TLS_CERT") or None,
+        tls_key=env.get("VIMEO_TLS_KEY") or None,
+        trusted_proxies=trusted_proxies(env.get("VIMEO_TRUSTED_PROXIES", "")),
     )
+
+
+def trusted_proxies(value: str) -> tuple[str, ...]:
+    """``VIMEO_TRUSTED_PROXIES``: a JSON list or a comma-separated list of addresses and
+    CIDRs ("127.0.0.1", "10.0.0.0/8")."""
+    value = value.strip()
+    if value.startswith("["):
+        items = json.loads(value)
+    else:
+        items = value.split(",")
+    return tuple(item.strip() for item in items if item.strip())
 
 
 def run_stack() -> int:
@@ -417,14 +516,28 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--log-dir", default="/var/log/nginx")
     render.add_argument("--pid-file", default="/run/nginx.pid", help="where Debian's nginx.service looks")
     render.add_argument("--max-upload-size", type=int, default=16 * MiB)
+    render.add_argument("--multipart-overhead", type=int, default=64 * 1024,
+                        help="the app's MULTIPART_OVERHEAD")
     render.add_argument("--user", default="www-data", help="nginx's worker user: the user gunicorn runs as")
+    render.add_argument("--tls-cert", help="TLS certificate (chain) file: nginx terminates TLS, with HSTS")
+    render.add_argument("--tls-key", help="the certificate's key file")
+    render.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS",
+                        help="a proxy in front of nginx whose X-Forwarded-For names the client (repeat)")
+    vcl = sub.add_parser("render-vcl", help="print deploy/varnish.vcl rendered for an edge cache in front of nginx")
+    vcl.add_argument("--backend", default="127.0.0.1:80", help="nginx's address, host:port")
+    vcl.add_argument("--purger", action="append", default=[], metavar="ADDRESS",
+                     help="an address that may BAN/PURGE (repeat; default 127.0.0.1 and ::1)")
     args = parser.parse_args(argv)
+    if args.command == "render-vcl":
+        sys.stdout.write(render_vcl(args.backend, tuple(args.purger) or ("127.0.0.1", "::1")))
+        return 0
     if args.command == "render":
         sys.stdout.write(render_nginx(NginxSettings(
             listen=args.listen, app_address=args.app, storage_dir=args.storage_dir,
             runtime_dir=args.runtime_dir, log_dir=args.log_dir, pid_file=args.pid_file,
-            max_body_size=args.max_upload_size,
-            user=args.user,
+            max_body_size=args.max_upload_size, multipart_overhead=args.multipart_overhead,
+            user=args.user, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            trusted_proxies=tuple(args.trusted_proxy),
         )))
         return 0
     return run_stack()

@@ -17,7 +17,8 @@ ref = lambda kind, name: {"$ref": f"#/components/{kind}/{name}"}
 
 PHRASES = ["Bad Request", "Unauthorized", "Forbidden", "Not Found", "Method not Allowed", "Request Timeout",
            "Conflict", "Gone", "Length Required", "Precondition Failed", "Request Entity Too Large", "URI Too Long",
-           "Unsupported Media Type", "Range Not Satisfiable", "Too Many Requests", "Internal Server Error",
+           "Unsupported Media Type", "Range Not Satisfiable", "Expectation Failed", "Too Many Requests",
+           "Request Header Fields Too Large", "Internal Server Error",
            "Bad Gateway", "Service Unavailable", "Gateway Timeout", "Insufficient Storage", "Locked",
            "Checksum Mismatch"]
 
@@ -255,13 +256,17 @@ schemas = {
                                   "description": "pending: the cache is down; the purge is carried out when it is back."}},
     },
     "PurgeRecord": {
-        "type": "object", "required": ["purge_id", "type", "items", "status", "files", "created_at", "completed_at"],
+        "type": "object", "required": ["purge_id", "type", "items", "status", "files", "created_at", "completed_at",
+                                       "edges_targeted", "edges_done"],
         "properties": {
             "purge_id": {"type": "string"}, "type": {"enum": ["url", "prefix", "all"]},
             "items": {"type": "array", "items": {"type": "string"}},
             "status": {"enum": ["done", "pending"]},
             "files": {"type": "integer", "minimum": 0, "description": "Files whose cached entries were dropped."},
             "created_at": {"type": "string"}, "completed_at": {"type": ["string", "null"]},
+            "edges_targeted": {"type": "integer", "minimum": 0,
+                               "description": "Edge caches (EDGE_PURGE_URLS) sent a BAN of the purged files."},
+            "edges_done": {"type": "integer", "minimum": 0, "description": "Edges that took it (answered 2xx)."},
         },
     },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
@@ -286,6 +291,8 @@ headers = {
     "AcceptRanges": {"required": True, "schema": {"const": "bytes"}},
     "ContentDisposition": {"description": "RFC 6266 with filename*.", "required": True, "schema": string},
     "NoSniff": {"required": True, "schema": {"const": "nosniff"}},
+    "ContentSecurityPolicy": {"description": "A download a browser renders (an inline PDF) is a sandboxed document.",
+                              "required": True, "schema": {"const": "sandbox"}},
     "ContentRange": {"required": True, "schema": {"type": "string", "pattern": r"^bytes (\d+-\d+|\*)/\d+$"}},
     "Location": {"description": "The new resource's absolute URL.", "required": True, "schema": string},
     "RetryAfter": {"description": "Seconds.", "required": True, "schema": {"type": "string", "pattern": r"^\d+$"}},
@@ -344,6 +351,7 @@ responses = {
     "UnsupportedMediaType": error("The body is not a form (application/x-www-form-urlencoded)."),
     "PreconditionFailed": error("If-Match / If-Unmodified-Since do not hold."),
     "TooLarge": error("The upload is larger than the configured maximum."),
+    "TooSlow": error("The body stalled for BODY_READ_TIMEOUT seconds or arrived slower than BODY_MIN_RATE."),
     "RangeNotSatisfiable": error("No requested range overlaps the content.", **{"Content-Range": "ContentRange"}),
     "TooManyRequests": error("Too many wrong passwords from this client; retry later.",
                              **{"Retry-After": "RetryAfter"}),
@@ -452,7 +460,7 @@ owner_links = {
 
 created = resp("Stored. The body's `url` is also in Location; keep `owner_token`.", "Uploaded",
                {"Location": "Location", "Cache-Control": "CacheControl"}, links=owner_links)
-upload_errors = R((400, "BadRequest"), (413, "TooLarge"), (429, "TooManyUploads"), (503, "Unavailable"),
+upload_errors = R((400, "BadRequest"), (408, "TooSlow"), (413, "TooLarge"), (429, "TooManyUploads"), (503, "Unavailable"),
                   (507, "InsufficientStorage"))
 
 raw_upload = lambda op_id, summary, params: {
@@ -466,7 +474,7 @@ raw_upload = lambda op_id, summary, params: {
 
 download_headers = {"ETag": "ETag", "Last-Modified": "LastModified", "Cache-Control": "CacheControl",
                     "Accept-Ranges": "AcceptRanges", "Content-Disposition": "ContentDisposition",
-                    "X-Content-Type-Options": "NoSniff"}
+                    "X-Content-Type-Options": "NoSniff", "Content-Security-Policy": "ContentSecurityPolicy"}
 binary = {"type": "string", "format": "binary"}
 
 

@@ -21,6 +21,8 @@ from support import ERROR_KEYS, SUCCESS_HEADERS
 from support.uploads import upload
 
 MiB = 1024 * 1024
+PUBLIC = "http://files.test"
+API_PREFIX = "/vimeo/api/v1.0"
 FILE_URL = "http://files.test/vimeo/api/v1.0/file/"
 GONE_REASONS = {"downloaded", "expired", "deleted"}
 UPLOAD_KEYS = {
@@ -252,6 +254,28 @@ def test_upload_over_the_limit_is_413_and_leaves_nothing(target, how):
     assert files_under(os.path.join(target.storage_dir, "tmp")) == []
 
 
+@pytest.mark.parametrize("how", ["multipart", "raw"])
+def test_a_file_of_exactly_the_limit_uploads_and_one_byte_more_does_not(target, how):
+    """The limit is the file's size, whatever framing carries it: a multipart body is
+    larger than its file (boundaries, part headers, fields), and nginx's
+    client_max_body_size counted that too (issue 13)."""
+    limit = 16 * MiB
+    for size, status in ((limit, 201), (limit + 1, 413)):
+        content = b"\1" * size
+        if how == "multipart":
+            answer = upload(target, content, "edge.bin", expect=None, max_downloads=0)
+        else:
+            answer = target.request("PUT", "/upload/edge.bin", data=content, headers={"X-Max-Downloads": "0"})
+        assert answer.status == status, answer
+        if status == 201:
+            assert answer.json()["size"] == limit
+            assert answer.json()["sha256"] == hashlib.sha256(content).hexdigest()
+        else:
+            assert_error(target, answer, 413, "Request Entity Too Large")
+    assert target.sql("select count(*) from files")[0][0] == 1
+    assert files_under(os.path.join(target.storage_dir, "tmp")) == []
+
+
 # -- raw upload ------------------------------------------------------------------------
 
 def test_raw_upload_with_options_in_headers(target):
@@ -449,6 +473,38 @@ def test_active_content_is_an_attachment(target, content, filename, content_type
     assert answer.headers["Content-Disposition"].startswith("attachment; ")
     assert f"filename*=UTF-8''{filename}" in answer.headers["Content-Disposition"]
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Range": "bytes=0-3"}, {"Range": "bytes=0-1,4-5"}, {"Range": "bytes=x"}],
+                         ids=["whole", "range", "ranges", "ignored-range"])
+def test_an_inline_pdf_is_a_sandboxed_document(target, headers):
+    """A browser's PDF viewer runs the document's scripts: every download carries a
+    sandboxing Content-Security-Policy, whoever sends the bytes (issue 13)."""
+    pdf = b"%PDF-1.4\n1 0 obj << /OpenAction << /S /JavaScript /JS (app.alert(1)) >> >>\n%%EOF\n"
+    body = unlimited(target, pdf, "report.pdf")
+    for _ in range(2):  # the second may come from nginx's fast path
+        answer = target.request("GET", path(body), headers=headers)
+        assert answer.status in (200, 206), answer
+        assert answer.headers["Content-Disposition"].startswith("inline; ")
+        assert answer.headers["Content-Security-Policy"] == "sandbox"
+    version = target.request("POST", path(body) + "/versions", headers={"X-Owner-Token": body["owner_token"]}).json()
+    answer = target.request("GET", "/v/" + version["version_id"], headers=headers)
+    assert answer.headers["Content-Security-Policy"] == "sandbox"
+
+
+@pytest.mark.parametrize("host", ["evil.test", "files.test:1"])
+def test_a_redirect_points_at_the_public_url_whatever_the_host(target, host):
+    """werkzeug answers 308 to a path with "//" and built its Location from the Host the
+    client sent (issue 13): a forged Host sent clients elsewhere."""
+    body = unlimited(target)
+    for sent, location in (
+        (f"{API_PREFIX}//file/{body['filehash']}", f"{API_PREFIX}/file/{body['filehash']}"),
+        (f"{API_PREFIX}//openapi.json?x=1", f"{API_PREFIX}/openapi.json?x=1"),
+    ):
+        answer = target.request("GET", sent, headers={"Host": host})
+        assert answer.status == 308, answer
+        assert answer.headers["Location"] == PUBLIC + location
+        assert answer.body == b""
 
 
 @pytest.mark.parametrize(

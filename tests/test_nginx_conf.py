@@ -14,6 +14,7 @@ import pytest
 from deploy import stack
 from deploy.stack import (
     JSON_ERROR_CODES,
+    NGINX_ALIASES,
     NGINX_MESSAGES,
     NginxSettings,
     check_nginx_conf,
@@ -25,6 +26,7 @@ from deploy.stack import (
     wait_for_http,
     write_nginx_conf,
 )
+from support.raw_http import exchange
 from vimeo_api.errors import MESSAGES, PHRASES
 
 MAX_BODY = 12345
@@ -35,12 +37,16 @@ RETRY_AFTER = {429: "1", 502: "5", 503: "5", 504: "5"}
 TUS_HEADER = "add_header Tus-Resumable $vimeo_tus_resumable always;"
 COMMON_HEADERS = f"{TUS_HEADER} add_header Cache-Control no-store always; add_header X-Request-Id $request_id always;"
 
-# `location @json_<code> { <directives> return <code> '<text>'; }` as nginx.conf writes them.
+# `location = /_vimeo_error/<code> { internal; <directives> return <status> '<text>'; }`
+# as nginx.conf writes them.
 LOCATION = re.compile(
-    r"location @json_(?P<name>\d+) \{ types \{ \} default_type application/json;(?P<headers>[^\n]*)\n"
-    r"\s*return (?P<code>\d+) '(?P<text>(?:[^'\\]|\\.)*)'; \}"
+    r"location = /_vimeo_error/(?P<name>\d+) \{ internal; types \{ \} default_type application/json;"
+    r"(?P<headers>[^\n]*)\n\s*return (?P<code>\d+) '(?P<text>(?:[^'\\]|\\.)*)'; \}"
 )
-ERROR_PAGE = re.compile(r"^\s*error_page (\d+) @json_(\d+);$", re.MULTILINE)
+# `error_page <code> [=<status>] /_vimeo_error/<code>;`
+ERROR_PAGE = re.compile(r"^\s*error_page (\d+)(?: =(\d+))? /_vimeo_error/(\d+);$", re.MULTILINE)
+# Every code nginx.conf catches, and the status each is answered with.
+ALL_CODES = {**{code: code for code in JSON_ERROR_CODES}, **NGINX_ALIASES}
 
 
 def settings_in(tmp_path, **overrides) -> NginxSettings:
@@ -89,7 +95,7 @@ def locations(conf: str) -> dict[int, re.Match]:
     found = {}
     for match in LOCATION.finditer(conf):
         code = int(match["name"])
-        assert code not in found, f"@json_{code} is defined twice"
+        assert code not in found, f"/_vimeo_error/{code} is defined twice"
         found[code] = match
     return found
 
@@ -142,38 +148,55 @@ def test_a_missing_value_fails_the_render(tmp_path, monkeypatch):
 def test_every_error_page_leads_to_a_json_location(conf):
     pages = ERROR_PAGE.findall(conf)
     assert pages
-    for code, target in pages:
+    for code, status, target in pages:
         assert code == target
+        # An alias says the status it is answered with; a code of its own needs none.
+        assert int(status or code) == ALL_CODES[int(code)]
     found = locations(conf)
-    assert {int(code) for code, _ in pages} <= set(found)
-    assert sorted(found) == sorted(JSON_ERROR_CODES)
-    # The server's error_page lines name every code, in the order of JSON_ERROR_CODES; the
-    # fast path's all but 403 and 500 (those send the request to the app).
+    assert {int(code) for code, _, _ in pages} <= set(found)
+    assert sorted(found) == sorted(ALL_CODES)
+    # The server's error_page lines name every code, in the order of JSON_ERROR_CODES
+    # then NGINX_ALIASES; the fast path's all but 403 and 500 (those send the request to
+    # the app).
     server_block = conf[conf.index("    server {"):conf.index("        location / {")]
-    assert [int(c) for c, _ in ERROR_PAGE.findall(server_block)] == list(JSON_ERROR_CODES)
+    assert [int(c) for c, _, _ in ERROR_PAGE.findall(server_block)] == list(ALL_CODES)
     fast_block = conf[conf.index('location ~ "^/vimeo/api/v1\\.0/(?:file|v)'):conf.index("location @vimeo_app")]
-    assert [int(c) for c, _ in ERROR_PAGE.findall(fast_block)] == [c for c in JSON_ERROR_CODES if c not in (403, 500)]
+    assert [int(c) for c, _, _ in ERROR_PAGE.findall(fast_block)] == [c for c in ALL_CODES if c not in (403, 500)]
 
 
-@pytest.mark.parametrize("code", JSON_ERROR_CODES)
+def test_no_error_page_leads_to_a_named_location(conf):
+    """nginx cannot jump to a @named location from a request whose URI it could not read
+    (it answered those with its own HTML 500): every error_page target is a URI."""
+    assert not re.search(r"error_page [^;]*@json", conf)
+    assert "@json_" not in conf
+
+
+@pytest.mark.parametrize("code", list(ALL_CODES))
 def test_each_location_returns_the_apps_phrase(conf, code):
     match = locations(conf)[code]
-    assert int(match["code"]) == code
-    assert answer(match) == {"error": PHRASES[code], "message": expected_message(code), "request_id": REQUEST_ID}
+    status = ALL_CODES[code]
+    assert int(match["code"]) == status
+    assert answer(match) == {"error": PHRASES[status], "message": expected_message(code), "request_id": REQUEST_ID}
+
+
+def test_a_client_never_gets_a_5xx_of_its_own_doing():
+    assert all(status < 500 for status in NGINX_ALIASES.values())
+    assert {501, 505} <= set(NGINX_ALIASES)
 
 
 def test_the_413_message_names_the_limit(conf):
     assert answer(locations(conf)[413])["message"].endswith(f" of {MAX_BODY} bytes.")
 
 
-@pytest.mark.parametrize("code", JSON_ERROR_CODES)
+@pytest.mark.parametrize("code", list(ALL_CODES))
 def test_per_code_headers_are_unchanged(conf, code):
     headers = locations(conf)[code]["headers"].strip()
+    status = ALL_CODES[code]
     if code == 416:
         # nginx's 416 comes after the blob location's add_header ran (see nginx.conf).
         assert headers == TUS_HEADER
-    elif code in RETRY_AFTER:
-        assert headers == f"{COMMON_HEADERS} add_header Retry-After {RETRY_AFTER[code]} always;"
+    elif status in RETRY_AFTER:
+        assert headers == f"{COMMON_HEADERS} add_header Retry-After {RETRY_AFTER[status]} always;"
     else:
         assert headers == COMMON_HEADERS
 
@@ -228,3 +251,57 @@ def test_the_running_nginx_answers_the_json_of_the_template(tmp_path, monkeypatc
                 assert error.headers["Retry-After"] is None
     finally:
         stop(proc)
+
+
+def test_requests_nginx_cannot_read_get_the_json_too(tmp_path):
+    """What used to be nginx's HTML 500 ("empty URI in redirect to named location"): a
+    NUL in the path and a broken request line; and the 5xx nginx gave a client's own
+    request (505 for HTTP/2.0 in plain text, 501 for an unknown Transfer-Encoding) is a
+    400. The error locations themselves cannot be asked for."""
+    settings = settings_in(tmp_path)
+    conf = write_nginx_conf(settings)
+    check_nginx_conf(conf, settings)
+    proc = spawn(nginx_command(conf, settings), {"PATH": "/usr/sbin:/usr/bin:/bin"}, tmp_path / "nginx.out")
+    host, port = settings.listen.split(":")
+    try:
+        wait_for_http(f"http://{settings.listen}/", procs=[proc])
+        cases = [
+            (b"GET /vimeo/api/v1.0/file/%00 HTTP/1.1\r\nHost: x\r\n\r\n", 400, NGINX_MESSAGES[400]),
+            (b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n", 400, NGINX_MESSAGES[400]),
+            (b"GET / HTTP/2.0\r\n\r\n", 400, NGINX_MESSAGES[505]),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400, NGINX_MESSAGES[501]),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, NGINX_MESSAGES[494]),
+            (b"GET /_vimeo_error/400 HTTP/1.1\r\nHost: x\r\n\r\n", 404, MESSAGES[404]),
+        ]
+        for data, status, message in cases:
+            got = exchange(host, int(port), data)
+            assert got.status == status, (data[:40], got)
+            assert got.header("Content-Type") == "application/json"
+            request_id = got.header("X-Request-Id")
+            assert json.loads(got.body) == {"error": PHRASES[status], "message": message, "request_id": request_id}
+    finally:
+        stop(proc)
+
+
+def test_a_multipart_body_may_carry_its_framing_beside_a_file_of_the_limit(conf):
+    """client_max_body_size counts the whole body: the multipart routes allow the app's
+    MULTIPART_OVERHEAD beyond MAX_UPLOAD_SIZE, a raw upload (its body is the file) not."""
+    server_block = conf[conf.index("    server {"):conf.index("        location / {")]
+    assert f"client_max_body_size {MAX_BODY + 64 * 1024};" in server_block
+    start = conf.index("location ~ ^/vimeo/api/v1\\.0/upload")
+    upload_block = conf[start:conf.index("location /_vimeo_blobs/", start)]
+    assert f"client_max_body_size {MAX_BODY};" in upload_block
+
+
+def test_tls_and_trusted_proxies_are_checked_before_nginx_sees_them(tmp_path):
+    with pytest.raises(ValueError, match="both"):
+        render_nginx(settings_in(tmp_path, tls_cert="/etc/ssl/cert.pem"))
+    with pytest.raises(ValueError, match="trusted proxy"):
+        render_nginx(settings_in(tmp_path, trusted_proxies=("proxy.example",)))
+    with pytest.raises(ValueError, match="rate"):
+        render_nginx(settings_in(tmp_path, limit_req_rate="100r/s; deny all"))
+    conf = render_nginx(settings_in(tmp_path, trusted_proxies=("10.0.0.0/8", "::1")))
+    assert "set_real_ip_from 10.0.0.0/8;" in conf and "set_real_ip_from ::1/128;" in conf
+    assert "real_ip_recursive on;" in conf
+    assert "real_ip_header" not in render_nginx(settings_in(tmp_path))
+    assert "ssl" not in render_nginx(settings_in(tmp_path)).split("server {", 1)[1].split("server_name", 1)[0]

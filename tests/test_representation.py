@@ -1,6 +1,7 @@
 """Tests for vimeo_api.representation: cache classes, Content-Disposition (RFC 6266,
 RFC 8187) and the one filename sanitizer."""
 
+import re
 import string
 
 import pytest
@@ -170,3 +171,19 @@ def test_cache_class_is_a_string_enum_with_its_cache_control():
     assert CacheClass.PUBLIC == "public" and CacheClass("limited") is CacheClass.LIMITED
     assert CacheClass.TOKEN.cache_control == "private, no-store, no-cache, must-revalidate"
     assert {c for c in CacheClass if c.shareable} == {CacheClass.PUBLIC, CacheClass.IMMUTABLE}
+
+
+def test_surrogate_keys_name_the_file_or_version_without_revealing_it():
+    from types import SimpleNamespace
+
+    from vimeo_api.representation import file_surrogate_key, surrogate_keys, version_surrogate_key
+
+    filehash, version_id = "ab" * 16, "cd" * 16
+    file_keys = surrogate_keys(SimpleNamespace(filehash=filehash))
+    version_keys = surrogate_keys(SimpleNamespace(version_id=version_id, filehash=None))
+    assert file_keys == f"vimeo {file_surrogate_key(filehash)}"
+    assert version_keys == f"vimeo {version_surrogate_key(version_id)}"
+    assert file_surrogate_key(filehash) != version_surrogate_key(filehash)
+    for keys in (file_keys, version_keys):
+        assert filehash not in keys and version_id not in keys
+        assert re.fullmatch(r"vimeo vimeo-[fv]-[0-9a-f]{32}", keys)

@@ -13,7 +13,7 @@ import uuid
 from flask import Flask, g, request
 from sqlalchemy import event
 
-from . import config, delivery, grants, limits, logs, metacache, observability, password_cache, queue, resumable, storage
+from . import body_reading, config, delivery, edge, grants, limits, logs, metacache, observability, password_cache, queue, resumable, storage, urls
 from .celery_app import celery_init_app
 from .errors import register_error_handlers
 from .extensions import cache, db
@@ -48,13 +48,17 @@ def register_extensions(app: Flask, *, migrations: bool = True) -> None:
     cache.init_app(app)
     storage.init_app(app)
     delivery.init_app(app)
-    # The domain's listeners: the metadata cache, nginx's grants and the task queue.
+    # The domain's listeners: the metadata cache, nginx's grants, the edge caches in
+    # front and the task queue.
     metacache.init_app(app)
     password_cache.init_app(app)
     grants.init_app(app)
+    edge.init_app(app)
     queue.init_app(app)
     limits.init_app(app)
     resumable.init_app(app)
+    # Request bodies that stall or trickle are cut off (the embedded default's threads).
+    body_reading.init_app(app)
     celery_init_app(app)
     observability.init_app(app)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
@@ -88,6 +92,9 @@ def register_request_hooks(app: Flask) -> None:
     def echo_request_id(response):
         response.headers.setdefault("X-Request-Id", getattr(g, "request_id", ""))
         return response
+
+    # Redirects point at PUBLIC_URL, never at the request's Host.
+    urls.init_app(app)
 
 
 def register_commands(app: Flask) -> None:

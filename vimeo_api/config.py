@@ -27,6 +27,10 @@ DEFAULTS: dict[str, object] = {
     "RESUMABLE_EXPIRES_IN": 24 * 3600,
     # Running SHA-256 states of uploads kept per process (vimeo_api/resumable.py).
     "RESUMABLE_HASH_STATES": 1024,
+    # Bytes a multipart upload's body may carry beyond its file (boundaries, part
+    # headers, the option fields): MAX_UPLOAD_SIZE is the file's limit, however it is
+    # sent (vimeo_api/uploads.py; nginx.conf allows the same).
+    "MULTIPART_OVERHEAD": 64 * 1024,
     # Seconds. DEFAULT applies when the client gives no expiry; MAX caps what it may ask for
     # (None: no cap, and ``never`` is allowed).
     "DEFAULT_EXPIRES_IN": 7 * 24 * 3600,
@@ -146,6 +150,19 @@ DEFAULTS: dict[str, object] = {
     # address: 0 on the embedded default, 1 (nginx) in the stack. Never more than are
     # really there: a client could then choose the address it is counted under.
     "TRUSTED_PROXY_COUNT": 0,
+    # A request body must deliver bytes at least every BODY_READ_TIMEOUT seconds and,
+    # once it has been arriving that long, average BODY_MIN_RATE bytes a second, or it is
+    # cut off with 408 (vimeo_api/body_reading.py): on the embedded default, clients
+    # trickling their uploads would otherwise hold gunicorn's threads. 0: no limit.
+    "BODY_READ_TIMEOUT": 30,
+    "BODY_MIN_RATE": 4096,
+    # Edge caches in front of the service (a CDN's role; Varnish with deploy/varnish.vcl):
+    # a JSON list of URLs each taking a BAN with the Surrogate-Key header naming what to
+    # drop (vimeo_api/edge.py). DELETE, replacement, a PATCH, a version's retirement and
+    # POST /purge reach them, each edge within EDGE_TIMEOUT seconds; an edge that is down
+    # fails nothing (it is logged and counted).
+    "EDGE_PURGE_URLS": [],
+    "EDGE_TIMEOUT": 2,
     "LOG_LEVEL": "INFO",
 }
 
@@ -177,7 +194,8 @@ def _derive(app) -> None:
     cfg["PUBLIC_URL"] = str(cfg["PUBLIC_URL"]).rstrip("/")
     cfg["SQLALCHEMY_DATABASE_URI"] = cfg["DATABASE_URL"]
     cfg.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
-    # werkzeug enforces this while the body streams: 413 before the limit is passed.
+    # werkzeug enforces this while the body streams: 413 before the limit is passed (a
+    # multipart body may be MULTIPART_OVERHEAD larger: uploads.UploadRequest).
     cfg["MAX_CONTENT_LENGTH"] = int(cfg["MAX_UPLOAD_SIZE"])
     # A multipart body may carry small text fields beside the file; the file part itself
     # goes to our own stream (see uploads.py), never to memory.

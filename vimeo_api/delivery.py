@@ -9,9 +9,10 @@ answers are built here.
 ``AccelSender`` (``DELIVERY = "accel"``, the stack): the app answers
 ``X-Accel-Redirect`` and nginx sends the bytes, ranges included. nginx copies only a few
 of the app's headers on such a redirect (Content-Type, Content-Disposition,
-Cache-Control, Expires, Set-Cookie, Accept-Ranges) and drops ETag and Last-Modified, so
-the validators and the cache class travel under private ``X-File-*`` names that the
-internal location re-adds (``add_header ETag $upstream_http_x_file_etag``; nginx.conf).
+Cache-Control, Expires, Set-Cookie, Accept-Ranges) and drops ETag, Last-Modified,
+Content-Security-Policy and Surrogate-Key, so the validators, the cache class, the policy
+and the edge's keys travel under private ``X-File-*`` names that the internal location re-adds (``add_header ETag
+$upstream_http_x_file_etag``; nginx.conf).
 Where nginx would not answer exactly what the app decided, the app sends the bytes.
 
 A transfer the pipeline records (``transfers``) learns what was sent: the app's own
@@ -169,6 +170,8 @@ class AccelSender(AppSender):
             "X-File-ETag": headers["ETag"],
             "X-File-Last-Modified": headers["Last-Modified"],
             "X-File-Cache-Control": headers["Cache-Control"],
+            "X-File-Content-Security-Policy": headers["Content-Security-Policy"],
+            "X-File-Surrogate-Key": headers["Surrogate-Key"],
         })
         if transfer is not None:
             # Private: nginx passes none of the app's headers on but those named in the
@@ -183,12 +186,17 @@ _ACCEL = object()  # AccelSender's handle: the bytes exist and nginx will send t
 def _nginx_agrees(headers, decision: Decision) -> bool:
     """Whether nginx, given the same request, answers exactly what the app decided.
 
-    Not for a matching If-Match (nginx compares it with its own ETag and answers 412), nor
-    for a Range that is not one plain range: nginx parses lists, spaces and malformed
-    values its own way (416 where RFC 9110 says ignore, no merging of ranges), so the app
-    sends those answers itself.
+    nginx's internal locations evaluate If-Match and If-Unmodified-Since again after the
+    app decided (its not-modified filter, which no directive turns off for them): it
+    compares If-Match with its own ETag and answers 412, and it answers 412 to an
+    If-Unmodified-Since it cannot parse ("99999"), which RFC 9110 §13.1.4 says to ignore,
+    and dates it parses differently from us. Neither does it take a Range that is not one
+    plain range as we do: it parses lists, spaces and malformed values its own way (416
+    where RFC 9110 says ignore, no merging of ranges). The app sends those answers itself.
+    (If-None-Match and If-Modified-Since are safe: the app answered 304 where they hold,
+    and nginx's etag and if_modified_since are off in those locations.)
     """
-    if "If-Match" in headers:
+    if "If-Match" in headers or "If-Unmodified-Since" in headers:
         return False
     value = headers.get("Range")
     if value is None or decision.status == 200:

@@ -30,10 +30,12 @@ PHRASES = {
     414: "URI Too Long",
     415: "Unsupported Media Type",
     416: "Range Not Satisfiable",
+    417: "Expectation Failed",
     # tus: another request is writing to the upload; a chunk's checksum did not match.
     423: "Locked",
     460: "Checksum Mismatch",
     429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
@@ -50,6 +52,8 @@ MESSAGES = {
     413: "The upload is larger than the configured maximum.",
     414: "The address of the request is too long.",
     416: "No part of the requested range is within the file; see Content-Range.",
+    417: "Only Expect: 100-continue is understood.",
+    431: "The header fields of the request are too large or too many.",
     500: "The server failed to answer this request.",
 }
 

@@ -109,6 +109,8 @@ class Grant:
             "X-File-ETag": h["ETag"],
             "X-File-Last-Modified": h["Last-Modified"],
             "X-File-Cache-Control": h["Cache-Control"],
+            "X-File-Content-Security-Policy": h["Content-Security-Policy"],
+            "X-File-Surrogate-Key": h["Surrogate-Key"],
         }
 
 

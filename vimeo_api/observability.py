@@ -87,6 +87,10 @@ class Metrics:
             "Downloads nginx answered on the fast path, as the sweeps counted them from its log.",
             registry=registry,
         )
+        self.edge_bans = Counter(
+            "vimeo_edge_bans", "BAN requests to edge caches (EDGE_PURGE_URLS), by outcome (done, failed).",
+            ["outcome"], registry=registry,
+        )
         self.sweep_last = Gauge(
             "vimeo_sweep_last_run_timestamp_seconds", "When the latest sweep finished (Unix time).",
             registry=registry, multiprocess_mode="max",
@@ -182,6 +186,13 @@ def record_cache(hit: bool) -> None:
     metrics = current_metrics()
     if metrics is not None:
         metrics.cache.labels("hit" if hit else "miss").inc()
+
+
+def record_edge_ban(done: bool) -> None:
+    """Count one BAN sent to an edge cache."""
+    metrics = current_metrics()
+    if metrics is not None:
+        metrics.edge_bans.labels("done" if done else "failed").inc()
 
 
 def record_sweep(report) -> None:

@@ -1,9 +1,11 @@
 """Purging (SPEC 3.7, ``POST /purge``; and ``manage.py cache clear``): drop what the
 caches hold about some files or about everything, never changing a file.
 
-A use case above the two caches it empties: the metadata cache with its cached 404/410
-answers (``metacache``) and nginx's fast path (``grants``), and the store of purge
-records that ``GET /purge/<purge_id>`` reads.
+A use case above the caches it empties: the metadata cache with its cached 404/410
+answers (``metacache``), nginx's fast path (``grants``) and the edge caches in front
+(``edge``: a BAN of the files' surrogate keys), and the store of purge records that
+``GET /purge/<purge_id>`` reads (``edges_targeted``, ``edges_done``: how many edges were
+asked and how many took the ban).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
-from . import grants, metacache
+from . import edge, grants, metacache
 from .extensions import cache, db
 from .models import File, Version, utcnow
+from .representation import file_surrogate_key, version_surrogate_key
 from .urls import API_PREFIX as API_PATH
 
 BATCH = 500
@@ -35,6 +38,8 @@ def clear_everything() -> str:
     reaches the in-process caches of the embedded default's workers, which this process
     cannot empty. Returns the backend's name; raises ClearFailed."""
     grants.revoke_all()
+    # The edges too (an edge that is down is logged; it is not what this command clears).
+    edge.ban_all()
     try:
         cleared = cache.clear()
     except Exception as exc:  # Redis down or refusing: say so in one line
@@ -76,27 +81,34 @@ def purge(kind: str, items: list[str]) -> dict:
         "files": 0,
         "created_at": _now_iso(),
         "completed_at": None,
+        "edges_targeted": 0,
+        "edges_done": 0,
     }
     # nginx's cached answers of the fast path go too (their grants). Unlike the entries
     # below they are files on the storage, so a cache outage leaves them be.
     if kind == "all":
         grants.revoke_all()
         done = metacache.invalidate_all()
+        edges = edge.ban_all()
     elif kind == "url":
         filehashes = [_filehash_of_url(item) for item in items]
         record["files"] = len(set(filehashes))
         grants.revoke_files(filehashes)
         done = metacache.invalidate_many(filehashes)
+        edges = edge.ban(_surrogate_key_of_url(item) for item in items)
     else:
         prefixes = [_prefix_of(item) for item in items]
         # Unknown hashes that match are not in the database: drop every cached 404 (cheap
         # to answer again), and the entries of the files that match.
         done = metacache.invalidate_not_found()
+        edges = edge.ban([])
         for prefix in dict.fromkeys(prefixes):
             for batch in _filehashes_with_prefix(prefix):
                 record["files"] += len(batch)
                 grants.revoke_files(batch)
                 done = metacache.invalidate_many(batch) and done
+                edges = edges & edge.ban_files(batch)
+    record.update(edges_targeted=edges.targeted, edges_done=edges.done)
     if done:
         record.update(status="done", completed_at=_now_iso())
     metacache.save_purge(record)
@@ -124,6 +136,12 @@ def _filehash_of_url(item: str) -> str:
             return filehash
         raise ValueError(f"no published version at {item!r}.")
     raise ValueError(f"not a file or version URL of this API: {item!r}.")
+
+
+def _surrogate_key_of_url(item: str) -> str:
+    """The edge's key for a URL ``_filehash_of_url`` accepted: a version's own, or the file's."""
+    kind, _, ident = _path_of(item).strip("/").rpartition("/")
+    return version_surrogate_key(ident) if kind == "v" else file_surrogate_key(ident)
 
 
 def _prefix_of(item: str) -> str:

@@ -8,6 +8,7 @@ descriptive attributes (``sha256``, ``size``, ``content_type``, ``filename``,
 
 from __future__ import annotations
 
+import hashlib
 import os
 import unicodedata
 from enum import StrEnum
@@ -155,6 +156,37 @@ def validator_headers(resource, klass: CacheClass) -> dict[str, str]:
     }
 
 
+# Every download is a sandboxed document should a browser render it: an inline PDF
+# opens in a viewer that runs the document's own scripts, and other inline types a
+# browser shows may have such viewers too. No scripts, forms, plugins or same-origin
+# access on our origin; an attachment is not rendered, so it costs nothing there.
+DOWNLOAD_CSP = "sandbox"
+
+
+# -- edge caches' surrogate keys ------------------------------------------------------------
+
+# Every download names what it is of in Surrogate-Key, so that an edge cache can drop all
+# it holds of a file or a version at once (vimeo_api/edge.py bans by key). The keys are
+# hashes: an edge's logs, and anyone reading the header, learn no capability from them.
+ALL_KEY = "vimeo"
+
+
+def file_surrogate_key(filehash: str) -> str:
+    return "vimeo-f-" + hashlib.sha256(b"file:" + filehash.encode()).hexdigest()[:32]
+
+
+def version_surrogate_key(version_id: str) -> str:
+    return "vimeo-v-" + hashlib.sha256(b"version:" + version_id.encode()).hexdigest()[:32]
+
+
+def surrogate_keys(resource) -> str:
+    """``vimeo`` (every answer: a purge of everything) and the key of the file or the
+    published version the answer is of."""
+    version_id = getattr(resource, "version_id", None)
+    own = version_surrogate_key(version_id) if version_id else file_surrogate_key(resource.filehash)
+    return f"{ALL_KEY} {own}"
+
+
 def content_headers(resource, klass: CacheClass) -> dict[str, str]:
     """Every header a 200/206 about the resource carries, but its length and range."""
     headers = validator_headers(resource, klass)
@@ -162,4 +194,6 @@ def content_headers(resource, klass: CacheClass) -> dict[str, str]:
     headers["Content-Disposition"] = content_disposition(resource.filename, resource.content_type)
     headers["Accept-Ranges"] = "bytes"
     headers["X-Content-Type-Options"] = "nosniff"
+    headers["Content-Security-Policy"] = DOWNLOAD_CSP
+    headers["Surrogate-Key"] = surrogate_keys(resource)
     return headers

@@ -11,7 +11,7 @@ import mimetypes
 import re
 
 from flask import Request, current_app
-from werkzeug.exceptions import BadRequest, ClientDisconnected
+from werkzeug.exceptions import BadRequest, ClientDisconnected, RequestEntityTooLarge
 
 from . import offload, storage
 from .storage import UploadFile
@@ -27,7 +27,22 @@ class UploadRequest(Request):
     Every upload file it hands out is closed with the request: one that was not placed
     is removed, even when the parser failed half-way through a part (a client that hung
     up) and the part never reached ``request.files``.
+
+    ``MAX_UPLOAD_SIZE`` is the size of the file, however it is sent: a multipart body
+    may exceed it by ``MULTIPART_OVERHEAD`` (boundaries, part headers, option fields),
+    and its file part is held to the limit itself (``multipart_file``).
     """
+
+    @property
+    def max_content_length(self) -> int | None:
+        limit = super().max_content_length
+        if limit is not None and self.mimetype == "multipart/form-data" and current_app:
+            return limit + int(current_app.config["MULTIPART_OVERHEAD"])
+        return limit
+
+    @max_content_length.setter
+    def max_content_length(self, value: int | None) -> None:
+        Request.max_content_length.fset(self, value)
 
     def new_upload(self) -> UploadFile:
         upload = storage.current().new_upload()
@@ -56,6 +71,9 @@ def multipart_file(request: Request) -> tuple[UploadFile, str, str | None]:
     upload = part.stream
     if not isinstance(upload, UploadFile):  # defensive: never accept an in-memory part
         raise BadRequest("The file part could not be read.")
+    if upload.size > current_app.config["MAX_UPLOAD_SIZE"]:
+        # The body may carry MULTIPART_OVERHEAD more; the file may not.
+        raise RequestEntityTooLarge()
     return upload, part.filename, part.mimetype
 
 

@@ -211,11 +211,12 @@ def test_conditional_answers_through_nginx(stack, unlimited_file):
         once(matched, name)
     assert "served=/vimeo/api/v1.0/file/" in stack.access_line(matched.headers["X-Request-Id"])
 
-    # nginx re-checks If-Unmodified-Since against the blob's mtime, which is never later
-    # than Last-Modified: the same date passes both.
+    # nginx would evaluate If-Unmodified-Since again, against the blob's mtime, and
+    # answer 412 to a date it cannot parse: the app sends these bytes itself too
+    # (tests/stack/test_conditional.py compares every conditional header).
     unmodified = get(stack, url, {"If-Unmodified-Since": last_modified})
     assert (unmodified.status_code, unmodified.content) == (200, content)
-    assert "served=/_vimeo_blobs/" in stack.access_line(unmodified.headers["X-Request-Id"])
+    assert "served=/vimeo/api/v1.0/file/" in stack.access_line(unmodified.headers["X-Request-Id"])
     earlier = http_date(parse_date(last_modified) - timedelta(seconds=1))
     stale = get(stack, url, {"If-Unmodified-Since": earlier})
     assert_json_error(stale, 412, "Precondition Failed")
@@ -232,12 +233,20 @@ def test_blob_mtime_is_never_later_than_last_modified(stack):
 # -- nginx's own answers are the API's JSON errors ---------------------------------------
 
 def test_nginx_413_is_json_and_leaves_nothing(stack):
-    big = b"\0" * (16 * MiB + 1)
-    for route, kwargs in (("/upload/big.bin", {"data": big}), ("/file", {"files": {"file": ("big.bin", big)}})):
+    # A raw body one byte over the limit; a multipart body over the limit and the framing
+    # a multipart body may add (MULTIPART_OVERHEAD, 64 KiB by default).
+    over = b"\0" * (16 * MiB + 1)
+    way_over = b"\0" * (16 * MiB + 64 * 1024 + 1)
+    for route, kwargs in (("/upload/big.bin", {"data": over}), ("/file", {"files": {"file": ("big.bin", way_over)}})):
         answer = requests.put(stack.base + API + route, timeout=60, **kwargs)
         body = assert_json_error(answer, 413, "Request Entity Too Large")
         # nginx answered before the app saw anything.
         assert "ustatus=- urt=-" in stack.access_line(body["request_id"])
+    # One byte over as multipart: within nginx's allowance, the app holds the file part
+    # to the limit itself.
+    answer = requests.put(stack.base + API + "/file", files={"file": ("big.bin", over)}, timeout=60)
+    body = assert_json_error(answer, 413, "Request Entity Too Large")
+    assert "ustatus=413" in stack.access_line(body["request_id"])
     assert eventually(lambda: files_in(stack.body_dir) == [])
     assert files_in(Path(stack.storage_dir, "blobs")) == []
 
@@ -310,7 +319,7 @@ def test_a_query_password_reaches_no_log(stack):
         stack.access_line(rid)  # nginx logged the request (path, no query)...
         assert eventually(lambda: rid in stack.app_log())  # ...and the app, under nginx's id
     access, app_log = stack.access_log(), stack.app_log()
-    assert f'"GET {API}{url} HTTP/1.1" 200' in access
+    assert f'"GET {API}/file/{body["filehash"][:6]}... HTTP/1.1" 200' in access
     for log in (access, stack.error_log(), app_log):
         assert secret not in log
         assert "password=" not in log

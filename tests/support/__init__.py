@@ -36,7 +36,7 @@ PG_ADMIN_URL = os.environ.get("VIMEO_TEST_PG_ADMIN_URL", "postgresql+psycopg2://
 # What a successful download carries exactly once (SPEC 3.2), whoever sent it.
 SUCCESS_HEADERS = (
     "Content-Type", "Content-Length", "ETag", "Last-Modified", "Accept-Ranges",
-    "X-Content-Type-Options", "Content-Disposition", "Cache-Control",
+    "X-Content-Type-Options", "Content-Disposition", "Cache-Control", "Content-Security-Policy",
 )
 # The keys of every JSON error (SPEC 3.4).
 ERROR_KEYS = {"error", "message", "request_id"}

@@ -132,7 +132,8 @@ class NginxStack:
         check_nginx_conf(conf, self.settings)
         nginx = Service("nginx", nginx_command(conf, self.settings), self.env, self.log_dir / "nginx.out")
         self.services["nginx"] = nginx
-        wait_for_http(self.base + "/_nothing_here", procs=[nginx.proc])
+        # Plain HTTP to a TLS port is an answer too (nginx's JSON 400).
+        wait_for_http(self.base.replace("https://", "http://", 1) + "/_nothing_here", procs=[nginx.proc])
 
     def stop(self) -> None:
         if "nginx" in self.services:
@@ -173,8 +174,10 @@ class NginxStack:
 
 
 def start_stack(root: Path, db_url: str, *, public_url: str = PUBLIC_URL, delivery: str = "accel",
-                offload: bool = True, max_upload: int = 16 * MiB, **env_overrides) -> NginxStack:
-    """nginx + gunicorn on free ports, files under ``root``; stop with ``NginxStack.stop``."""
+                offload: bool = True, max_upload: int = 16 * MiB, nginx: dict | None = None,
+                **env_overrides) -> NginxStack:
+    """nginx + gunicorn on free ports, files under ``root``; stop with ``NginxStack.stop``.
+    ``nginx``: more NginxSettings (TLS, trusted proxies, the flood guard's rate)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "log").mkdir(exist_ok=True)
     nginx_port, app_port = free_port(), free_port()
@@ -212,8 +215,10 @@ def start_stack(root: Path, db_url: str, *, public_url: str = PUBLIC_URL, delive
         log_dir=str(root / "log"),
         max_body_size=max_upload,
         worker_processes="2",
+        **(nginx or {}),
     )
-    stack = NginxStack(root, db_url, env, settings, base=f"http://127.0.0.1:{nginx_port}",
+    scheme = "https" if settings.tls_cert else "http"
+    stack = NginxStack(root, db_url, env, settings, base=f"{scheme}://127.0.0.1:{nginx_port}",
                        app_base=f"http://{env['GUNICORN_BIND']}")
     try:
         stack.start_gunicorn()
