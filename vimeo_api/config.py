@@ -16,6 +16,10 @@ DEFAULTS: dict[str, object] = {
     # trusted for it: see README "Public URL".
     "PUBLIC_URL": "http://127.0.0.1:8000",
     "MAX_UPLOAD_SIZE": 16 * MiB,
+    # A multipart body may carry small text fields beside the file; the file part itself
+    # goes to our own stream (see uploads.py), never to memory. Flask's own default (500
+    # kB) is set before these, so this must be a default here, not a setdefault later.
+    "MAX_FORM_MEMORY_SIZE": 64 * 1024,
     # Seconds. DEFAULT applies when the client gives no expiry; MAX caps what it may ask for
     # (None: no cap, and ``never`` is allowed).
     "DEFAULT_EXPIRES_IN": 7 * 24 * 3600,
@@ -146,9 +150,6 @@ def _derive(app) -> None:
     cfg.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
     # werkzeug enforces this while the body streams: 413 before the limit is passed.
     cfg["MAX_CONTENT_LENGTH"] = int(cfg["MAX_UPLOAD_SIZE"])
-    # A multipart body may carry small text fields beside the file; the file part itself
-    # goes to our own stream (see uploads.py), never to memory.
-    cfg.setdefault("MAX_FORM_MEMORY_SIZE", 64 * 1024)
     cfg.setdefault("JSON_SORT_KEYS", False)
     cfg["CELERY"] = celery_settings(cfg)
     _redis_timeouts(cfg)
