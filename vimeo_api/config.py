@@ -17,9 +17,14 @@ DEFAULTS: dict[str, object] = {
     "PUBLIC_URL": "http://127.0.0.1:8000",
     "MAX_UPLOAD_SIZE": 16 * MiB,
     # A multipart body may carry small text fields beside the file; the file part itself
-    # goes to our own stream (see uploads.py), never to memory. Flask's own default (500
-    # kB) is set before these, so this must be a default here, not a setdefault later.
-    "MAX_FORM_MEMORY_SIZE": 64 * 1024,
+    # goes to our own stream (see uploads.py), never to memory. werkzeug also holds each
+    # 64 KiB read of the body to this bound while it looks for the boundary, so it must
+    # be well above that. Flask's own default (500 kB) is set before these, so this must
+    # be a default here, not a setdefault later.
+    "MAX_FORM_MEMORY_SIZE": 128 * 1024,
+    # Parts one multipart request may have (Flask's default is 1,000): each file part is
+    # an open file, and an upload needs the file and three options.
+    "MAX_FORM_PARTS": 16,
     # Seconds. DEFAULT applies when the client gives no expiry; MAX caps what it may ask for
     # (None: no cap, and ``never`` is allowed).
     "DEFAULT_EXPIRES_IN": 7 * 24 * 3600,

@@ -158,14 +158,25 @@ class UploadFile:
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        if not self.placed:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+        """Release the file; one that was not placed is removed, whatever happens.
 
+        Closing flushes what is still buffered, which fails on a full disk (ENOSPC): for
+        bytes being discarded that failure is moot, and raising it here (the request's
+        teardown) dropped the connection instead of the 507 already answered, and left
+        the temporary file behind for hours.
+        """
+        try:
+            if not self._file.closed:
+                self._file.close()
+        except OSError:
+            if self.placed:
+                raise
+        finally:
+            if not self.placed:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
 
     def __enter__(self):
         return self

@@ -1,0 +1,101 @@
+"""The storage's disk as an attacker or an accident leaves it (issue 13): full (a real
+tmpfs of 1 MiB: a 507 JSON answer, no temp file left), and how many files one multipart
+request may open.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from vimeo_api.storage import LocalStorage
+
+API = "/vimeo/api/v1.0"
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of 1 MiB (tmpfs), unmounted after the test."""
+    mountpoint = tmp_path / "small-disk"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mountpoint)], check=True)
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def assert_error(response, status: int, phrase: str) -> dict:
+    assert response.status_code == status, response.text[:300]
+    body = response.json()
+    assert set(body) == {"error", "message", "request_id"} and body["error"] == phrase
+    assert body["request_id"] == response.headers["X-Request-Id"]
+    return body
+
+
+def test_uploads_on_a_full_disk_answer_507_and_leave_nothing(gunicorn_server, small_disk):
+    storage = small_disk / "storage"
+    server = gunicorn_server(workers=1, threads=2, VIMEO_STORAGE_DIR=str(storage))
+    too_big = os.urandom(2 * MiB)
+    multipart = requests.put(server.api + "/file", files={"file": ("big.bin", too_big)}, timeout=30)
+    assert_error(multipart, 507, "Insufficient Storage")
+    raw = requests.put(server.api + "/upload/big.bin", data=too_big, timeout=30)
+    assert_error(raw, 507, "Insufficient Storage")
+    assert files_under(storage) == []
+    assert "Socket error" not in server.log() and "Traceback" not in server.log()
+    # The space came back: a small upload fits.
+    small = requests.put(server.api + "/file", files={"file": ("small.bin", b"fits")}, timeout=30)
+    assert small.status_code == 201, small.text
+
+
+def _multipart(parts: int, files: int) -> tuple[str, bytes]:
+    boundary = "b0undary"
+    chunks = []
+    for i in range(parts):
+        filename = f'; filename="f{i}.bin"' if i < files else ""
+        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="p{i}"{filename}\r\n\r\nx\r\n'.encode())
+    return f"multipart/form-data; boundary={boundary}", b"".join(chunks) + f"--{boundary}--\r\n".encode()
+
+
+def test_one_multipart_request_opens_a_bounded_number_of_files(make_app, monkeypatch):
+    """werkzeug allows 1,000 parts by default, each file part an open file: two such
+    requests exhaust a worker under a 1,024 descriptor limit. Past MAX_FORM_PARTS the
+    answer is a 413 before more files are opened, and none is left behind."""
+    app = make_app(backend="sqlite")
+    assert app.config["MAX_FORM_PARTS"] <= 32
+    opened = []
+    original = LocalStorage.new_upload
+
+    def counting(self):
+        upload = original(self)
+        opened.append(upload.path)
+        return upload
+
+    monkeypatch.setattr(LocalStorage, "new_upload", counting)
+    content_type, body = _multipart(parts=1000, files=1000)
+    answer = app.test_client().put(API + "/file", data=body, content_type=content_type)
+    assert answer.status_code == 413
+    assert answer.get_json()["error"] == "Request Entity Too Large"
+    assert 0 < len(opened) <= app.config["MAX_FORM_PARTS"]
+    assert not any(os.path.exists(p) for p in opened)
+    # An ordinary upload, its options beside the file, is well within the cap.
+    fields = {"password": "pw", "max_downloads": "2", "expires_in": "1h"}
+    ok = app.test_client().put(API + "/file", data={"file": (io.BytesIO(b"x"), "x.bin"), **fields},
+                               content_type="multipart/form-data")
+    assert ok.status_code == 201
+
+
+def test_many_parts_through_gunicorn_are_a_413_json(gunicorn_server):
+    server = gunicorn_server(workers=1, threads=2)
+    content_type, body = _multipart(parts=1000, files=1000)
+    answer = requests.put(server.api + "/file", data=body, headers={"Content-Type": content_type}, timeout=30)
+    assert_error(answer, 413, "Request Entity Too Large")
+    assert files_under(Path(server.env["VIMEO_STORAGE_DIR"])) == []
