@@ -8,6 +8,7 @@ this test's own on the shared server); outages on a redis-server of the test's o
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import io
 import logging
 import os
@@ -223,7 +224,7 @@ def test_file_meta_has_files_attributes_and_availability():
         gone_reason=None, created_at=now, modified_at=now, expires_at=None,
     )
     meta = FileMeta.of(row)
-    assert FileMeta(**meta.as_dict()) == meta
+    assert FileMeta.from_dict(json.loads(json.dumps(meta.as_dict()))) == meta
     for downloads, status, expires in [(1, "available", None), (2, "available", None), (0, "gone", None),
                                        (0, "available", now)]:
         row.downloads, row.status, row.expires_at = downloads, status, expires
@@ -392,3 +393,47 @@ def test_in_process_caches_of_several_workers_agree(gunicorn_server, backend):
     for _ in range(40):  # new connections: any worker
         answer = requests.get(link, headers={"If-None-Match": body["etag"]})
         assert (answer.status_code, answer.headers["ETag"]) == (200, new_etag)
+
+
+# -- what the cache holds is data, never code (issue 13, item 12) -----------------------------
+
+class _Planted:
+    """What someone who can write to the cache's Redis would plant: unpickling it
+    creates a file (a harmless stand-in for running any code)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_value_planted_in_redis_is_never_unpickled(make_app, shared_redis_prefix, tmp_path):
+    import pickle
+
+    import redis
+
+    from cache_support import SHARED_REDIS
+
+    app = make_app(backend="sqlite", **redis_cache_config(shared_redis_prefix))
+    client = app.test_client()
+    body = upload(client, max_downloads=0)
+    assert client.head(url(body)).headers["X-Cache"] == "MISS"
+    assert client.head(url(body)).headers["X-Cache"] == "HIT"
+    server = redis.Redis.from_url(f"{SHARED_REDIS}/1")
+    try:
+        # What the cache stores is JSON text.
+        stored = server.get(shared_redis_prefix + metacache.META + body["filehash"])
+        assert json.loads(stored)[3]["filehash"] == body["filehash"]
+        marker = tmp_path / "code-ran"
+        planted = b"!" + pickle.dumps(_Planted(str(marker)))  # cachelib's pickle framing
+        for key in (metacache.META + body["filehash"], metacache.GLOBAL_EPOCH, "pwok:x"):
+            server.set(shared_redis_prefix + key, planted)
+    finally:
+        server.close()
+    answer = client.head(url(body))
+    # Read as a miss (a planted epoch leaves the API uncached until it expires: a Redis
+    # writer can deny the cache, not run code or change an answer).
+    assert answer.status_code == 200 and answer.headers["X-Cache"] == "MISS"
+    assert client.get(url(body)).get_data() == b"cached bytes\n"
+    assert not marker.exists()
