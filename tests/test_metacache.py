@@ -178,6 +178,30 @@ def test_a_lost_invalidation_cannot_send_changed_bytes(cached_app, monkeypatch):
         assert files.find(deleted["filehash"]).downloads == 0
 
 
+@pytest.mark.parametrize("change", ["add", "change"])
+def test_a_lost_invalidation_cannot_skip_a_new_password(cached_app, monkeypatch, change):
+    """Issue 13, item 3: the owner adds or changes the password and the cache's
+    invalidation is lost. The cached metadata still says "no password" (or names the old
+    one), but the download is decided by the database: refused, no download used."""
+    client = cached_app.test_client()
+    old = {} if change == "add" else {"X-Password": "old"}
+    body = upload(client, b"soon guarded", max_downloads=0, **({} if change == "add" else {"password": "old"}))
+    assert client.get(url(body), headers=old).status_code == 200  # one download, and cached
+    assert client.head(url(body), headers=old).headers["X-Cache"] == "HIT"
+    owner = {"X-Owner-Token": body["owner_token"]}
+    with monkeypatch.context() as m:
+        m.setattr(metacache, "invalidate_many", lambda filehashes: True)
+        assert client.patch(url(body), json={"password": "new"}, headers=owner).status_code == 200
+    assert client.head(url(body), headers=old).headers["X-Cache"] == "HIT"  # the stale entry is there
+    refused = client.get(url(body), headers=old)
+    assert refused.status_code == 401 and refused.get_json()["error"] == "Unauthorized"
+    assert refused.get_data() != b"soon guarded"
+    with cached_app.app_context():
+        assert files.find(body["filehash"]).downloads == 1
+    assert client.get(url(body), headers=old).status_code == 401  # and so it stays
+    assert client.get(url(body), headers={"X-Password": "new"}).get_data() == b"soon guarded"
+
+
 def test_a_fill_that_read_before_an_invalidation_is_never_used(cached_app):
     """The race itself: a request reads the row, another commits a change and
     invalidates, then the first stores what it read. The next lookup must not use it."""

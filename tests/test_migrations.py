@@ -29,3 +29,50 @@ def test_migrations_build_sqlite_from_scratch(tmp_path):
     result = _db_check(url)
     assert result.returncode == 0, result.stderr
     assert "No new upgrade operations detected" in result.stdout + result.stderr
+
+
+def _manage_db(url: str, *args: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "db", *args], cwd=ROOT, env={**os.environ, "VIMEO_DATABASE_URL": url},
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_0003_keeps_the_rows_and_makes_the_counters_64_bit_on_postgresql():
+    """Issue 13: downloads were a 32-bit integer on PostgreSQL. The migration keeps
+    every row (access_version 0, no links) and can be undone."""
+    import secrets
+
+    from sqlalchemy import create_engine, text
+
+    from conftest import PG_ADMIN_URL, _admin_engine
+
+    name = f"vimeo_mig_{secrets.token_hex(4)}"
+    admin = _admin_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    engine = create_engine(url)
+    try:
+        _manage_db(url, "upgrade", "0002")
+        with engine.begin() as conn:
+            conn.execute(text(
+                "insert into files (filehash, filename, content_type, size, sha256, owner_token_hash, max_downloads,"
+                " downloads, status, created_at, modified_at) values ('f' || repeat('0', 31), 'a', 'text/plain', 1,"
+                " repeat('a', 64), repeat('b', 64), 0, 2147483647, 'available', now(), now())"))
+        _manage_db(url, "upgrade")
+        with engine.begin() as conn:
+            conn.execute(text("update files set downloads = downloads + 1"))
+            row = conn.execute(text("select downloads, access_version from files")).one()
+            assert tuple(row) == (2**31, 0)
+            assert conn.execute(text("select count(*) from download_tokens")).scalar_one() == 0
+            conn.execute(text("update files set downloads = 7"))
+        _manage_db(url, "downgrade", "0002")
+        with engine.begin() as conn:
+            assert conn.execute(text("select downloads from files")).scalar_one() == 7
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

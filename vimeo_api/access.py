@@ -14,7 +14,7 @@ from flask import Request, current_app
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Forbidden, Gone, NotFound, Unauthorized
 
-from . import files, limits, metacache, operator_tokens, password_cache, security, signing, versions
+from . import download_tokens, files, limits, metacache, operator_tokens, password_cache, security, signing, versions
 from .models import File, utcnow
 from .representation import CacheClass, cache_class, file_cache_class
 
@@ -28,7 +28,9 @@ class Offer:
     ``resource`` has the content's descriptive attributes (a file's metadata, or a
     published version); ``file`` is the file it belongs to; ``consume``: a GET that sends
     bytes uses one of the file's downloads; ``fresh``: the checks read the database itself,
-    not possibly stale cached metadata.
+    not possibly stale cached metadata; ``access_version``: the file's access version the
+    password (or the link standing for it) was checked under, which the download's
+    UPDATE requires to be still current.
     """
 
     resource: object
@@ -36,12 +38,13 @@ class Offer:
     klass: CacheClass
     consume: bool
     fresh: bool
+    access_version: int | None = None
 
 
 def file_offer(filehash: str, request: Request, *, fresh: bool = False) -> Offer:
     """``/file/<filehash>``: 404 → 410 → 401, then the file under its own class."""
     file = downloadable(filehash, request, fresh=fresh)
-    return Offer(file, file, file_cache_class(file), consume=True, fresh=fresh)
+    return Offer(file, file, file_cache_class(file), consume=True, fresh=fresh, access_version=file.access_version)
 
 
 def version_offer(version_id: str) -> Offer:
@@ -56,21 +59,33 @@ def version_offer(version_id: str) -> Offer:
 
 
 def token_offer(token: str, *, fresh: bool = False) -> Offer:
-    """``/t/<token>``: tampered → 401, expired → 403, file gone (or unknown) → 410. The
-    token stands for the password; sending uses a download like any other."""
+    """``/t/<token>``: tampered (or unknown) → 401, expired → 403, revoked (by its owner,
+    or by a password change since it was issued) → 403, file gone → 410. The token
+    stands for the password; sending uses a download like any other.
+
+    The link is always read from the database, with its file: ``fresh`` only tells the
+    pipeline whether this is its second look."""
     try:
-        filehash = signing.verify(token)
+        link_id = signing.verify(token)
     except signing.TokenInvalid:
-        raise Unauthorized(
-            "This token is not valid.", www_authenticate=WWWAuthenticate("token", {"realm": REALM})
-        ) from None
+        raise _invalid_token() from None
     except signing.TokenExpired:
         raise Forbidden("This token has expired.") from None
-    file = metacache.lookup(filehash, files.find, fresh=fresh) if _looks_like_filehash(filehash) else None
-    if file is None or not file.is_available(utcnow()):
+    found = download_tokens.find(link_id)
+    if found is None:
+        raise _invalid_token()
+    link, file = found
+    if download_tokens.is_revoked(link, file):
+        raise Forbidden("This link was revoked (by its owner, or a change of the file's password).")
+    file = metacache.FileMeta.of(file)
+    if not file.is_available(utcnow()):
         raise Gone()
     klass = cache_class(max_downloads=file.max_downloads, has_password=False, token=True)
-    return Offer(file, file, klass, consume=True, fresh=fresh)
+    return Offer(file, file, klass, consume=True, fresh=fresh, access_version=link.access_version)
+
+
+def _invalid_token() -> Unauthorized:
+    return Unauthorized("This token is not valid.", www_authenticate=WWWAuthenticate("token", {"realm": REALM}))
 
 
 def supplied_password(request: Request) -> str | None:

@@ -12,6 +12,11 @@ DEFAULTS: dict[str, object] = {
     "DATABASE_URL": None,
     # Where bytes live. None means ``<instance>/storage``.
     "STORAGE_DIR": None,
+    # Where the app keeps the state it makes itself (the installation's token signing
+    # key). None: systemd's $STATE_DIRECTORY when the service has one (StateDirectory=),
+    # else the instance folder. Never the code's directory in production, which is
+    # read-only there (deploy/*.service).
+    "STATE_DIR": None,
     # Absolute base of the URLs handed out. Client headers (Host, X-Forwarded-*) are never
     # trusted for it: see README "Public URL".
     "PUBLIC_URL": "http://127.0.0.1:8000",
@@ -78,8 +83,8 @@ DEFAULTS: dict[str, object] = {
     # Tests only: seconds release_blob_task waits between deleting a blob's row and
     # unlinking its bytes, so a test can kill a worker inside a deletion. Keep it 0.
     "TEST_RELEASE_DELAY": 0,
-    # Signed download tokens: a list of keys, the first signs and all verify. Empty: a
-    # random key generated once in the instance folder (set real keys in production).
+    # Signed download tokens: a list of keys (at least 32 characters each), the first
+    # signs and all verify. Empty: a random key made once in STATE_DIR.
     "TOKEN_SIGNING_KEYS": [],
     "TOKEN_DEFAULT_EXPIRES_IN": 300,
     "TOKEN_MAX_EXPIRES_IN": 86400,
@@ -144,6 +149,11 @@ def _derive(app) -> None:
         cfg["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "vimeo_api.sqlite3")
     if not cfg["STORAGE_DIR"]:
         cfg["STORAGE_DIR"] = os.path.join(app.instance_path, "storage")
+    if not cfg["STATE_DIR"]:
+        # systemd may list several directories, separated by colons: the first is ours.
+        systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        cfg["STATE_DIR"] = systemd or app.instance_path
+    cfg["STATE_DIR"] = os.path.abspath(cfg["STATE_DIR"])
     if cfg["DATABASE_URL"].startswith(("postgresql://", "postgres://")):
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; this project ships psycopg2.
         cfg["DATABASE_URL"] = "postgresql+psycopg2://" + cfg["DATABASE_URL"].split("://", 1)[1]

@@ -5,13 +5,15 @@
 2. ``http_semantics.decide`` says, in one pure step, whether the answer is a 304, a 412,
    a 416, or the content (200, 206);
 3. a GET that sends content uses a download in the domain (``files.consume_download``,
-   one atomic UPDATE that re-checks everything), after the sender found the bytes;
+   one atomic UPDATE that re-checks everything, the access version the password was
+   checked under included), after the sender found the bytes;
 4. the sender chosen at start-up (``delivery``) sends them, or has nginx send them.
 
 The checks in 1 may come from the metadata cache; 3 never does. When the UPDATE refuses
 what possibly stale metadata allowed, the request runs once more on the database's
-current row: that answers 410 if the file is gone, or serves the content as it is now
-(its preconditions evaluated again) if it changed meanwhile.
+current row: that answers 410 if the file is gone, 401 if its password changed, or
+serves the content as it is now (its preconditions evaluated again) if it changed
+meanwhile.
 
 A shareable answer (a public file, a published version) finally makes sure nginx's fast
 path may answer the next requests for it itself (``grants``).
@@ -62,7 +64,7 @@ def _answer(offer: Offer) -> Response | None:
     if request.method == "GET":
         blob = sender.prepare(resource.sha256, decision)
         nbytes = decision.body_length(resource.size)
-        if offer.consume and not files.consume_download(offer.file.id, nbytes, resource.sha256):
+        if offer.consume and not files.consume_download(offer.file.id, nbytes, resource.sha256, offer.access_version):
             sender.discard(blob)
             return None
     return sender.send(resource, blob, decision, content_headers(resource, offer.klass))

@@ -135,6 +135,8 @@ def update_options(file: File, options: Options) -> File:
             if options.password is None
             else security.hash_password(options.password, cfg["PASSWORD_HASH_METHOD"])
         )
+        # In the UPDATE itself (concurrent changes each move it); refreshed on next read.
+        file.access_version = File.access_version + 1
     if options.expires_at is not UNSET:
         file.expires_at = options.expires_at
     if options.max_downloads is not UNSET:
@@ -161,6 +163,7 @@ def _consume_statement():
         .where(
             t.c.id == bindparam("file_id"),
             t.c.sha256 == bindparam("expected_sha256"),
+            t.c.access_version == bindparam("expected_access_version"),
             t.c.status == FileStatus.AVAILABLE,
             (t.c.max_downloads == 0) | (t.c.downloads < t.c.max_downloads),
             t.c.expires_at.is_(None) | (t.c.expires_at > now),
@@ -179,13 +182,18 @@ def _consume_statement():
 _CONSUME = _consume_statement()
 
 
-def consume_download(file_id: int, nbytes: int, sha256: str) -> bool:
+def consume_download(file_id: int, nbytes: int, sha256: str, access_version: int) -> bool:
     """Use one download, atomically. False when none is left (or the file went gone,
-    expired, or changed content meanwhile): exactly one of many concurrent requests gets
-    the last one. ``sha256`` is the content the request's preconditions were checked
-    against; ``nbytes`` what it will send (counted in ``bytes_served``)."""
+    expired, changed content or password meanwhile): exactly one of many concurrent
+    requests gets the last one. ``sha256`` is the content the request's preconditions
+    were checked against; ``access_version`` the one its password (or link) was checked
+    under, which may have come from the cache; ``nbytes`` what it will send (counted in
+    ``bytes_served``)."""
     now = utcnow()
-    row = db.session.execute(_CONSUME, {"file_id": file_id, "expected_sha256": sha256, "nbytes": nbytes, "now": now}).first()
+    row = db.session.execute(_CONSUME, {
+        "file_id": file_id, "expected_sha256": sha256, "expected_access_version": access_version,
+        "nbytes": nbytes, "now": now,
+    }).first()
     # A Core statement leaves a loaded File of this row as it was (the session does not
     # expire on commit): the next read must see the new count and status.
     loaded = db.session.identity_map.get(identity_key(File, file_id))

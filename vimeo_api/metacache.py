@@ -97,6 +97,7 @@ class FileMeta:
     status: str
     gone_reason: str | None
     password_hash: str | None
+    access_version: int
 
     # One definition of availability for rows and cached copies alike.
     is_available = File.is_available

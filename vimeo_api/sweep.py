@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from flask import current_app
 from sqlalchemy.exc import DBAPIError
 
-from . import blobs, fastcount, files, grants, observability, storage, versions
+from . import blobs, download_tokens, fastcount, files, grants, observability, storage, versions
 from .extensions import db
 from .models import utcnow
 
@@ -39,6 +39,7 @@ class SweepReport:
     stale_grants: int = 0
     stale_uploads: int = 0
     orphans: int = 0
+    expired_links: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +56,7 @@ def run(batch_size: int | None = None, orphans: bool = True) -> SweepReport:
     report.stale_grants = grants.audit(batch_size)
     report.retired = drain(versions.retire_due, batch_size)
     report.stale_uploads = storage.current().remove_stale_uploads(cfg["STALE_UPLOAD_SECONDS"])
+    report.expired_links = drain(download_tokens.delete_expired, batch_size)
     if orphans:
         report.orphans = remove_orphans(batch_size, cfg["STALE_UPLOAD_SECONDS"])
     # Last, so that orphans adopted just now lose their bytes in this same sweep.

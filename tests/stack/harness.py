@@ -149,6 +149,7 @@ def start_stack(root: Path, db_url: str, *, public_url: str = PUBLIC_URL, delive
     env.update({
         "VIMEO_DATABASE_URL": db_url,
         "VIMEO_STORAGE_DIR": str(root / "storage"),
+        "VIMEO_STATE_DIR": str(root / "state"),
         "VIMEO_PUBLIC_URL": public_url,
         "VIMEO_DELIVERY": delivery,
         "VIMEO_UPLOAD_OFFLOAD": "1" if offload else "0",
