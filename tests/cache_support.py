@@ -33,16 +33,18 @@ class PrivateRedis:
     """A redis-server for one test, without persistence, that the test may stop, start,
     or freeze (SIGSTOP: it accepts connections and never answers, like a hung server)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, password: str | None = None):
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed: these tests need a real Redis")
         self.directory = directory
         self.port = free_port()
+        self.password = password  # requirepass: clients must give it (in the URL)
         self.proc: subprocess.Popen | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
     def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
     def client(self, db: int = 0) -> redis.Redis:
         return redis.Redis.from_url(self.url(db), socket_timeout=2)
@@ -52,7 +54,8 @@ class PrivateRedis:
         try:
             self.proc = subprocess.Popen(
                 ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(self.directory)],
+                 "--appendonly", "no", "--dir", str(self.directory),
+                 *(["--requirepass", self.password] if self.password else [])],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         finally:

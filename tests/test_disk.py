@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -99,3 +100,44 @@ def test_many_parts_through_gunicorn_are_a_413_json(gunicorn_server):
     answer = requests.put(server.api + "/file", data=body, headers={"Content-Type": content_type}, timeout=30)
     assert_error(answer, 413, "Request Entity Too Large")
     assert files_under(Path(server.env["VIMEO_STORAGE_DIR"])) == []
+
+
+# -- who may read what is stored (item 7) ------------------------------------------------
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_stored_bytes_the_database_and_the_key_are_not_readable_by_others(gunicorn_server):
+    """The embedded default as ``make run`` starts it (the ordinary umask, 022): blobs
+    0640 in 0750 directories, uploads in progress 0700, the SQLite database and the
+    signing key 0600, whatever the umask made of them."""
+    server = gunicorn_server(workers=1, threads=2)
+    up = requests.put(server.api + "/file", files={"file": ("p.txt", b"private bytes")},
+                      data={"password": "pw", "max_downloads": "0"}, timeout=10)
+    assert up.status_code == 201
+    assert requests.get(up.json()["url"], headers={"X-Password": "pw"}, timeout=10).content == b"private bytes"
+    storage = Path(server.env["VIMEO_STORAGE_DIR"])
+    blob = next(p for p in (storage / "blobs").rglob("*") if p.is_file())
+    assert mode(blob) == 0o640
+    for directory in (storage, storage / "blobs", blob.parent, blob.parent.parent):
+        assert mode(directory) == 0o750, directory
+    assert mode(storage / "tmp") == 0o700
+    database = server.env["VIMEO_DATABASE_URL"].removeprefix("sqlite:///")
+    for name in (database, database + "-wal", database + "-shm"):
+        if os.path.exists(name):
+            assert mode(name) == 0o600, name
+    state = Path(server.env["VIMEO_STATE_DIR"])
+    assert mode(state) == 0o700 and mode(state / "token-signing.key") == 0o600
+
+
+def test_an_older_storage_is_closed_to_others(make_app):
+    """A storage directory an earlier version made 0755 is 0750 after the next upload."""
+    app = make_app(backend="sqlite")
+    root = Path(app.config["STORAGE_DIR"])
+    root.mkdir(mode=0o755)
+    root.chmod(0o755)
+    answer = app.test_client().put(API + "/file", data={"file": (io.BytesIO(b"x"), "x.bin")},
+                                   content_type="multipart/form-data")
+    assert answer.status_code == 201
+    assert mode(root) == 0o750

@@ -144,8 +144,9 @@ def _derive(app) -> None:
     """Turn the project's settings into the ones Flask and its extensions read."""
     cfg = app.config
     if not cfg["DATABASE_URL"]:
-        # As Flask's tutorial does: the embedded default lives in the instance folder.
-        os.makedirs(app.instance_path, exist_ok=True)
+        # As Flask's tutorial does: the embedded default lives in the instance folder
+        # (its database and files are the service's alone).
+        os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
         cfg["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "vimeo_api.sqlite3")
     if not cfg["STORAGE_DIR"]:
         cfg["STORAGE_DIR"] = os.path.join(app.instance_path, "storage")

@@ -173,7 +173,7 @@ def _ensure(grant: Grant | None, reload, verify: bool = False) -> Grant | None:
     path = os.path.join(_root(), grant.relpath)
     if os.path.lexists(path):
         return _verified(grant, path, reload) if verify else grant
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    storage.make_dirs(os.path.dirname(path))
     blob = storage.current().nginx_file(grant.resource.sha256)
     if blob is None:
         return None  # nginx cannot serve this storage's blobs as files

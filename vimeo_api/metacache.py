@@ -332,7 +332,7 @@ def _write_shared_epoch(path: str) -> str:
     token = _token()
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-        with open(tmp, "wb") as fh:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
             fh.write(token.encode())
         os.replace(tmp, path)
     except OSError as exc:

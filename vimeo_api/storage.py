@@ -25,6 +25,10 @@ from flask import Flask, current_app
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1024 * 1024
+# Stored bytes are the service's own (password-protected files included): readable by its
+# user and group (nginx runs as the same user; a backup group may read), never by others.
+FILE_MODE = 0o640
+DIR_MODE = 0o750
 # nginx.conf's internal locations for X-Accel-Redirect: the blobs, and the same blobs
 # where nginx ignores a Range (an answer the app decided is the whole file).
 ACCEL_PREFIX = "/_vimeo_blobs/"
@@ -194,8 +198,13 @@ class LocalStorage(Storage):
         self.blob_dir = os.path.join(root, "blobs")
 
     def ensure_dirs(self) -> None:
+        os.makedirs(self.root, mode=DIR_MODE, exist_ok=True)
+        # A storage made by an older version (0755) is closed to others here: what is
+        # below a closed directory cannot be reached, whatever its own mode.
+        if os.stat(self.root).st_mode & 0o007:
+            os.chmod(self.root, DIR_MODE)
         os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
-        os.makedirs(self.blob_dir, mode=0o755, exist_ok=True)
+        os.makedirs(self.blob_dir, mode=DIR_MODE, exist_ok=True)
 
     def new_upload(self) -> UploadFile:
         self.ensure_dirs()
@@ -241,8 +250,8 @@ class LocalStorage(Storage):
             upload.close()
             return False
         upload.finish()
-        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
-        os.chmod(upload.path, 0o644)
+        make_dirs(os.path.dirname(target))
+        os.chmod(upload.path, FILE_MODE)
         os.utime(upload.path, (mtime, mtime))
         os.replace(upload.path, target)
         upload.placed = True
@@ -294,6 +303,20 @@ class LocalStorage(Storage):
         with self.new_upload() as probe:
             probe.write(b"ok")
             probe.finish()
+
+
+def make_dirs(path: str, mode: int = DIR_MODE) -> None:
+    """``os.makedirs`` with ``mode`` for every directory it makes (it gives the mode to
+    the last one only, and the umask's to those above it)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent != path:
+        make_dirs(parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
 
 
 def _fsync_dir(path: str) -> None:

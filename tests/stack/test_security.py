@@ -88,3 +88,16 @@ def stack_sql(stack, statement: str, **params) -> None:
             conn.execute(text(statement), params)
     finally:
         engine.dispose()
+
+
+def test_nginxs_logs_and_cache_are_not_readable_by_others(stack):
+    """nginx writes its logs 0644 and they name capability URLs: their directories are
+    the service's alone (0750), and nginx, the same user as the app, still sends blobs
+    that are 0640 in 0750 directories."""
+    body = public(stack)
+    path = f"/file/{body['filehash']}"
+    assert hot(stack, path).content == CONTENT
+    for directory in (stack.root / "log", stack.root / "nginx"):
+        assert directory.stat().st_mode & 0o777 == 0o750, directory
+    blob = next(p for p in (stack.root / "storage" / "blobs").rglob("*") if p.is_file())
+    assert blob.stat().st_mode & 0o777 == 0o640
