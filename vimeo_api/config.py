@@ -114,6 +114,9 @@ DEFAULTS: dict[str, object] = {
     # address (room for scripted use); wrong passwords per file and client address.
     "UPLOAD_RATE_LIMIT": "600/minute",
     "PASSWORD_RATE_LIMIT": "10/minute",
+    # Wrong passwords per client address across all files: each costs a slow hash, and
+    # an attacker can make password files of their own (each with its own budget above).
+    "PASSWORD_ADDRESS_RATE_LIMIT": "30/minute",
     # Where the counts live: memory:// (per process) on the embedded default, Redis in the
     # stack (redis://127.0.0.1:6379/2).
     "RATELIMIT_STORAGE_URI": "memory://",

@@ -15,9 +15,12 @@ would count every app's requests in the storage of whichever app was made last.
   body is read (``UPLOAD_RATE_LIMIT``, default 600/minute: room for scripts).
 - Wrong passwords: only failures count, and the budget is checked before the password
   is hashed, so a client that used it up gets 429 without costing a slow hash, even
-  with the right password, until the window moves (``PASSWORD_RATE_LIMIT``, default
-  10/minute). Only password-protected files pay the storage round trip. Downloads and
-  the token-issuing route (which also accepts the password) share the budget.
+  with the right password, until the window moves. Two budgets: per file and address
+  (``PASSWORD_RATE_LIMIT``, default 10/minute: guessing one file's password), and per
+  address across all files (``PASSWORD_ADDRESS_RATE_LIMIT``, default 30/minute: each
+  failure costs a slow hash, and an attacker can make password files of their own, each
+  with a budget of its own). Only password-protected files pay the storage round trip.
+  Downloads and the token-issuing route (which also accepts the password) share them.
   Flask-Limiter's ``deduct_when`` would do the counting too, but as a route limit it
   would cost every download a round trip to Redis, password or not.
 
@@ -119,8 +122,10 @@ class _PasswordBudget:
         self.fallback = STRATEGIES[app.config.get("RATELIMIT_STRATEGY") or "moving-window"](MemoryStorage())
         self.breaker = Breaker("rate limit storage", lambda: float(app.config["CACHE_RETRY_AFTER"]), log)
 
-    def keys(self, filehash: str) -> tuple[str, ...]:
-        return tuple(k for k in (self.prefix, "password", filehash, client_address()) if k)
+    def keys(self, filehash: str | None) -> tuple[str, ...]:
+        """Per file and address; ``None``: per address, across files."""
+        scope = ("password", filehash) if filehash is not None else ("password-any",)
+        return tuple(k for k in (self.prefix, *scope, client_address()) if k)
 
     def call(self, method: str, item: RateLimitItem, keys):
         """Ask the storage; on failure count in this process for a while (and say so once)."""
@@ -137,22 +142,30 @@ def _item(text: str) -> RateLimitItem:
     return parse(text)
 
 
-def check_password_attempts(filehash: str) -> None:
-    """429 when this client has used up its wrong-password budget for this file."""
+def _budgets(filehash: str):
+    """(limit, keys, what a 429 says) of each wrong-password budget a check draws on."""
     budget: _PasswordBudget = current_app.extensions["vimeo_password_limiter"]
-    item = _item(current_app.config["PASSWORD_RATE_LIMIT"])
-    keys = budget.keys(filehash)
-    if budget.call("test", item, keys):
-        return
-    stats = budget.call("get_window_stats", item, keys)
-    raise TooManyAttempts(
-        "Too many wrong passwords for this file from this address; retry after Retry-After seconds.",
-        item,
-        stats.reset_time,
+    cfg = current_app.config
+    return budget, (
+        (_item(cfg["PASSWORD_ADDRESS_RATE_LIMIT"]), budget.keys(None), "from this address"),
+        (_item(cfg["PASSWORD_RATE_LIMIT"]), budget.keys(filehash), "for this file from this address"),
     )
 
 
+def check_password_attempts(filehash: str) -> None:
+    """429 when this client has used up its wrong-password budget, across files or for
+    this file."""
+    budget, budgets = _budgets(filehash)
+    for item, keys, scope in budgets:
+        if not budget.call("test", item, keys):
+            stats = budget.call("get_window_stats", item, keys)
+            raise TooManyAttempts(
+                f"Too many wrong passwords {scope}; retry after Retry-After seconds.", item, stats.reset_time
+            )
+
+
 def record_failed_password(filehash: str) -> None:
-    """Count one wrong password for this file from this client."""
-    budget: _PasswordBudget = current_app.extensions["vimeo_password_limiter"]
-    budget.call("hit", _item(current_app.config["PASSWORD_RATE_LIMIT"]), budget.keys(filehash))
+    """Count one wrong password for this file from this client (in both budgets)."""
+    budget, budgets = _budgets(filehash)
+    for item, keys, _scope in budgets:
+        budget.call("hit", item, keys)
