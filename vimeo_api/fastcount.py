@@ -8,7 +8,8 @@ is kept beside the storage (``<STORAGE_DIR>/fast-downloads.position``, with the 
 inode, so a rotated log is read from its start), one sweep at a time (an exclusive
 lock), and advanced only after the counts are committed: a crash between the two counts
 that batch twice, a failed commit counts nothing and the batch is read again.
-Only files are counted; published versions use no downloads (SPEC 3.5).
+Only files are counted; published versions use no downloads (SPEC 3.5). The counts go
+to the domain (``files.count_late_downloads``), which also ends the files they use up.
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ import re
 from collections import Counter
 
 from flask import current_app
-from sqlalchemy import bindparam, update
 
-from .extensions import db
-from .models import File
+from . import files
 
 # One line: "/f/<ab>/<filehash>/<digest> <bytes>".
 _LINE = re.compile(rb"^/f/[0-9a-f]{2}/([0-9a-f]{32})/[0-9a-f]{32} (\d{1,18})$")
@@ -72,14 +71,7 @@ def _add(lines: bytes) -> int:
             downloads[filehash] += 1
             served[filehash] += int(match.group(2))
     if downloads:
-        table = File.__table__
-        db.session.execute(
-            update(table)
-            .where(table.c.filehash == bindparam("fh"))
-            .values(downloads=table.c.downloads + bindparam("n"), bytes_served=table.c.bytes_served + bindparam("b")),
-            [{"fh": fh, "n": n, "b": served[fh]} for fh, n in downloads.items()],
-        )
-        db.session.commit()
+        files.count_late_downloads({fh: (n, served[fh]) for fh, n in downloads.items()})
     return sum(downloads.values())
 
 

@@ -234,6 +234,39 @@ def mark_gone(file_id: int, reason: str) -> bool:
     return True
 
 
+def count_late_downloads(counts: dict[str, tuple[int, int]]) -> int:
+    """Add downloads that were answered without the app (nginx's fast path, counted from
+    its log by the sweep): ``{filehash: (downloads, bytes)}``. A file they use up (a
+    limit set by PATCH since, counted from what was counted then) becomes gone,
+    downloaded, and releases its content, as its last download would have. One
+    transaction; returns how many files became gone."""
+    now = utcnow()
+    table = File.__table__
+    db.session.execute(
+        update(table)
+        .where(table.c.filehash == bindparam("fh"))
+        .values(downloads=table.c.downloads + bindparam("n"), bytes_served=table.c.bytes_served + bindparam("b")),
+        [{"fh": fh, "n": n, "b": nbytes} for fh, (n, nbytes) in counts.items()],
+    )
+    used_up = db.session.execute(
+        update(File)
+        .where(
+            File.filehash.in_(list(counts)),
+            File.status == FileStatus.AVAILABLE,
+            File.max_downloads > 0,
+            File.downloads >= File.max_downloads,
+        )
+        .values(status=FileStatus.GONE, gone_reason=GoneReason.DOWNLOADED, gone_at=now)
+        .returning(File.sha256, File.filehash)
+    ).all()
+    if used_up:
+        # No task per file: the sweep's release pass removes the bytes after the grace.
+        blobs.release_refs(Counter(row.sha256 for row in used_up), now)
+    db.session.commit()
+    events.announce_files_changed((row.filehash for row in used_up), versions=False)
+    return len(used_up)
+
+
 def expire_due(batch_size: int) -> int:
     """Make one batch of expired, still available files gone and release their content;
     returns how many.

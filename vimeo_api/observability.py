@@ -87,6 +87,11 @@ class Metrics:
             "Downloads nginx answered on the fast path, as the sweeps counted them from its log.",
             registry=registry,
         )
+        self.sweep_failures = Counter(
+            "vimeo_sweep_step_failures",
+            "Sweep steps that failed (the others ran), by step; the log has each trace.",
+            ["step"], registry=registry,
+        )
         self.sweep_last = Gauge(
             "vimeo_sweep_last_run_timestamp_seconds", "When the latest sweep finished (Unix time).",
             registry=registry, multiprocess_mode="max",
@@ -189,11 +194,13 @@ def record_sweep(report) -> None:
     metrics = current_metrics()
     if metrics is None:
         return
-    for kind, count in report.as_dict().items():
+    for kind, count in report.counts().items():
         if kind == "fast_downloads":  # work done, not work left
             metrics.fast_downloads.inc(count)
         else:
             metrics.sweep_backlog.labels(kind).set(count)
+    for step in report.failed:
+        metrics.sweep_failures.labels(step).inc()
     metrics.sweep_last.set(time.time())
 
 

@@ -22,7 +22,7 @@ from . import storage
 log = logging.getLogger(__name__)
 
 BODY_FILE_HEADER = "X-Vimeo-Body-File"
-BODY_DIR = "nginx-body"
+BODY_DIR = storage.BODY_DIR
 
 
 def offloaded_body(request: Request) -> UploadFile | None:

@@ -29,6 +29,10 @@ CHUNK = 1024 * 1024
 # user and group (nginx runs as the same user; a backup group may read), never by others.
 FILE_MODE = 0o640
 DIR_MODE = 0o750
+# Where nginx writes raw upload bodies below the storage (nginx.conf's upload location,
+# rendered by deploy/stack.py): the app adopts them (offload.py); the sweep removes what a
+# crash left.
+BODY_DIR = "nginx-body"
 # nginx.conf's internal locations for X-Accel-Redirect: the blobs, and the same blobs
 # where nginx ignores a Range (an answer the app decided is the whole file).
 ACCEL_PREFIX = "/_vimeo_blobs/"
@@ -196,6 +200,7 @@ class LocalStorage(Storage):
         self.root = root
         self.tmp_dir = os.path.join(root, "tmp")
         self.blob_dir = os.path.join(root, "blobs")
+        self.body_dir = os.path.join(root, BODY_DIR)
 
     def ensure_dirs(self) -> None:
         os.makedirs(self.root, mode=DIR_MODE, exist_ok=True)
@@ -282,13 +287,16 @@ class LocalStorage(Storage):
                     yield name
 
     def remove_stale_uploads(self, older_than: float) -> int:
-        """Delete temporary upload files left by killed processes; returns how many."""
+        """Delete temporary upload files left by killed processes, and raw bodies nginx
+        left in ``nginx-body/`` when it or the app died mid-request; returns how many."""
         removed = 0
         cutoff = time.time() - older_than
-        try:
-            entries = list(os.scandir(self.tmp_dir))
-        except FileNotFoundError:
-            return 0
+        entries = []
+        for directory in (self.tmp_dir, self.body_dir):
+            try:
+                entries += os.scandir(directory)
+            except FileNotFoundError:
+                pass
         for entry in entries:
             try:
                 if entry.is_file() and entry.stat().st_mtime < cutoff:
