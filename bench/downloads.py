@@ -78,7 +78,8 @@ def start_stack(work: Path, db_url: str, procs: list, env_extra: dict | None = N
     storage = work / "storage"
     nginx_port, accel_port, app_port = free_port(), free_port(), free_port()
     public = f"http://127.0.0.1:{nginx_port}"
-    extra = {"VIMEO_MAX_UPLOAD_SIZE": str(max_body_size), **(env_extra or {})}
+    extra = {"VIMEO_MAX_UPLOAD_SIZE": str(max_body_size), "VIMEO_UPLOAD_BYTES_LIMIT": f"{1 << 40}/hour",
+             **(env_extra or {})}
     accel_env = app_env(db_url, storage, public, f"127.0.0.1:{accel_port}",
                         VIMEO_DELIVERY="accel", VIMEO_UPLOAD_OFFLOAD="1", **extra)
     direct_env = app_env(db_url, storage, public, f"127.0.0.1:{app_port}", VIMEO_DELIVERY="app", **extra)

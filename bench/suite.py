@@ -739,7 +739,9 @@ def main() -> int:
     try:
         env = {**redis_env(prefix), "VIMEO_TRUSTED_PROXY_COUNT": "1",
                # The one-time scenario uploads thousands of files from 127.0.0.1.
-               "VIMEO_UPLOAD_RATE_LIMIT": "1000000/minute"}
+               "VIMEO_UPLOAD_RATE_LIMIT": "1000000/minute",
+               # ... and more bytes than the default hourly budget of 1 GiB per address.
+               "VIMEO_UPLOAD_BYTES_LIMIT": f"{1 << 40}/hour"}
         stack = start_stack(work, db_url, procs, env, max_body_size=max(2 * big, 64 * MiB))
         log(f"suite: nginx {stack.nginx} → gunicorn (accel), gunicorn (app) {stack.app}; work directory {work}")
         rows += wrk_rows(stack, work, args, 4 * KiB, 16 * MiB)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -21,13 +22,26 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A real filesystem of 1 MiB (tmpfs), unmounted after the test."""
-    mountpoint = tmp_path / "small-disk"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mountpoint)], check=True)
-    yield mountpoint
-    subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+def tmpfs(tmp_path):
+    """``tmpfs(size)``: a real filesystem of its own (tmpfs), unmounted after the test."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        mountpoint = tmp_path / f"disk-{len(mounted)}"
+        mountpoint.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mountpoint)], check=True)
+        mounted.append(mountpoint)
+        return mountpoint
+
+    yield mount
+    for mountpoint in mounted:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmpfs):
+    """A real filesystem of 1 MiB."""
+    return tmpfs("1m")
 
 
 def files_under(root: Path) -> list[str]:
@@ -43,8 +57,9 @@ def assert_error(response, status: int, phrase: str) -> dict:
 
 
 def test_uploads_on_a_full_disk_answer_507_and_leave_nothing(gunicorn_server, small_disk):
+    """The disk itself full (the high-water mark below lifted: 0)."""
     storage = small_disk / "storage"
-    server = gunicorn_server(workers=1, threads=2, VIMEO_STORAGE_DIR=str(storage))
+    server = gunicorn_server(workers=1, threads=2, VIMEO_STORAGE_DIR=str(storage), VIMEO_STORAGE_MIN_FREE_BYTES=0)
     too_big = os.urandom(2 * MiB)
     multipart = requests.put(server.api + "/file", files={"file": ("big.bin", too_big)}, timeout=30)
     assert_error(multipart, 507, "Insufficient Storage")
@@ -55,6 +70,31 @@ def test_uploads_on_a_full_disk_answer_507_and_leave_nothing(gunicorn_server, sm
     # The space came back: a small upload fits.
     small = requests.put(server.api + "/file", files={"file": ("small.bin", b"fits")}, timeout=30)
     assert small.status_code == 201, small.text
+
+
+def test_uploads_are_refused_with_507_before_the_disk_is_full(gunicorn_server, make_app, tmpfs):
+    """``STORAGE_MIN_FREE_BYTES`` of a 4 MiB disk kept free: an upload that would go
+    below it is a 507 before its body is read; the disk never fills."""
+    disk = tmpfs("4m")
+    server = gunicorn_server(workers=1, threads=2, VIMEO_STORAGE_DIR=str(disk / "storage"),
+                             VIMEO_STORAGE_MIN_FREE_BYTES=2 * MiB)
+    assert requests.put(server.api + "/file", files={"file": ("a.bin", os.urandom(MiB))}, timeout=30).status_code == 201
+    multipart = requests.put(server.api + "/file", files={"file": ("b.bin", os.urandom(MiB + MiB // 2))}, timeout=30)
+    assert_error(multipart, 507, "Insufficient Storage")
+    raw = requests.put(server.api + "/upload/c.bin", data=os.urandom(MiB + MiB // 2), timeout=30)
+    assert_error(raw, 507, "Insufficient Storage")
+    assert len(files_under(disk / "storage")) == 1  # the first upload, nothing of the others
+    assert shutil.disk_usage(disk).free > 2 * MiB
+    # On the embedded default's Flask client too, and an operator can lift the mark.
+    app = make_app(backend="sqlite", STORAGE_DIR=str(disk / "flask-storage"), STORAGE_MIN_FREE_BYTES=2 * MiB)
+    client = app.test_client()
+    answer = client.put(API + "/file", data={"file": (io.BytesIO(os.urandom(MiB + MiB // 2)), "d.bin")},
+                        content_type="multipart/form-data")
+    assert answer.status_code == 507 and answer.get_json()["error"] == "Insufficient Storage"
+    app.config["STORAGE_MIN_FREE_BYTES"] = 0
+    answer = client.put(API + "/file", data={"file": (io.BytesIO(os.urandom(MiB + MiB // 2)), "d.bin")},
+                        content_type="multipart/form-data")
+    assert answer.status_code == 201
 
 
 def _multipart(parts: int, files: int) -> tuple[str, bytes]:

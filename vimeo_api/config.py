@@ -31,9 +31,14 @@ DEFAULTS: dict[str, object] = {
     # an open file, and an upload needs the file and three options.
     "MAX_FORM_PARTS": 16,
     # Seconds. DEFAULT applies when the client gives no expiry; MAX caps what it may ask for
-    # (None: no cap, and ``never`` is allowed).
+    # (uploads and PATCH alike; ``never`` is refused while there is a cap). Anyone may
+    # upload, so by default nothing stays longer than 30 days; None or 0 lifts the cap.
     "DEFAULT_EXPIRES_IN": 7 * 24 * 3600,
-    "MAX_EXPIRES_IN": None,
+    "MAX_EXPIRES_IN": 30 * 24 * 3600,
+    # Bytes that must stay free on the storage's filesystem: an upload that would leave
+    # less is a 507 before its body is read, so the disk never fills (the database, logs
+    # and uploads under way need room too). 0: off.
+    "STORAGE_MIN_FREE_BYTES": 1024**3,
     # Bytes of a file stay on disk this long after it becomes gone, so that a transfer
     # nginx has just started is not cut short (the original product used 30 s).
     "DELETE_GRACE_SECONDS": 30,
@@ -113,6 +118,9 @@ DEFAULTS: dict[str, object] = {
     # Rate limits (vimeo_api/limits.py), in Flask-Limiter's notation. Uploads per client
     # address (room for scripted use); wrong passwords per file and client address.
     "UPLOAD_RATE_LIMIT": "600/minute",
+    # Bytes uploaded (and replaced) per client address, in the same notation: an amount of
+    # bytes per window. Keep it above MAX_UPLOAD_SIZE, or the largest uploads never pass.
+    "UPLOAD_BYTES_LIMIT": "1073741824/hour",
     "PASSWORD_RATE_LIMIT": "10/minute",
     # Wrong passwords per client address across all files: each costs a slow hash, and
     # an attacker can make password files of their own (each with its own budget above).

@@ -44,6 +44,13 @@ MESSAGES = {
 }
 
 
+class InsufficientStorage(HTTPException):
+    """507 (RFC 4918 §11.5), which werkzeug does not define: the storage cannot take it."""
+
+    code = 507
+    description = "The storage is full."
+
+
 def error_response(status: int, message: str | None = None, headers=None):
     """The one place an error body is built."""
     body = {

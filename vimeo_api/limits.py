@@ -13,6 +13,11 @@ would count every app's requests in the storage of whichever app was made last.
 
 - Uploads: an application-wide limit shared by the upload routes, checked before the
   body is read (``UPLOAD_RATE_LIMIT``, default 600/minute: room for scripts).
+- Bytes uploaded (and replaced) per address over a window (``UPLOAD_BYTES_LIMIT``,
+  default 1 GiB an hour): checked against the declared length before the body is read,
+  and charged with the real size once it is, before anything is stored (a sliding
+  window counter, whose check-and-add is one step in Redis, so concurrent uploads cannot
+  overdraw it together).
 - Wrong passwords: only failures count, and the budget is checked before the password
   is hashed, so a client that used it up gets 429 without costing a slow hash, even
   with the right password, until the window moves. Two budgets: per file and address
@@ -92,7 +97,8 @@ def init_app(app: Flask) -> Limiter:
     app.before_request_funcs.setdefault(LIMITED_BLUEPRINT, []).append(check_upload_limit)
 
     app.extensions["vimeo_limiter"] = limiter
-    app.extensions["vimeo_password_limiter"] = _PasswordBudget(limiter, app)
+    app.extensions["vimeo_password_limiter"] = _Budget(limiter, app)
+    app.extensions["vimeo_bytes_limiter"] = _Budget(limiter, app, strategy="sliding-window-counter")
     return limiter
 
 
@@ -112,29 +118,41 @@ class TooManyAttempts(TooManyRequests):
         return [*super().get_headers(environ, scope), *self.rate_headers]
 
 
-class _PasswordBudget:
-    """Failed password attempts per (file, client address), on the limiter's storage."""
+class _Budget:
+    """Counts of the app's own on the limiter's storage: failed password attempts, and
+    (``strategy="sliding-window-counter"``) bytes uploaded. On failure the counting goes
+    in-process for a while."""
 
-    def __init__(self, limiter: Limiter, app: Flask):
+    def __init__(self, limiter: Limiter, app: Flask, strategy: str | None = None):
         self.limiter = limiter
         self.app = app
+        self.strategy = strategy
         self.prefix = app.config.get("RATELIMIT_KEY_PREFIX") or ""
-        self.fallback = STRATEGIES[app.config.get("RATELIMIT_STRATEGY") or "moving-window"](MemoryStorage())
+        self.fallback = STRATEGIES[strategy or app.config.get("RATELIMIT_STRATEGY") or "moving-window"](MemoryStorage())
         self.breaker = Breaker("rate limit storage", lambda: float(app.config["CACHE_RETRY_AFTER"]), log)
+        self._primary = None
+
+    def primary(self):
+        """Flask-Limiter's strategy on its storage, or this budget's own on that storage."""
+        if self.strategy is None:
+            return self.limiter.limiter
+        if self._primary is None:
+            self._primary = STRATEGIES[self.strategy](self.limiter.storage)
+        return self._primary
 
     def keys(self, filehash: str | None) -> tuple[str, ...]:
         """Per file and address; ``None``: per address, across files."""
         scope = ("password", filehash) if filehash is not None else ("password-any",)
         return tuple(k for k in (self.prefix, *scope, client_address()) if k)
 
-    def call(self, method: str, item: RateLimitItem, keys):
+    def call(self, method: str, item: RateLimitItem, keys, **options):
         """Ask the storage; on failure count in this process for a while (and say so once)."""
         if self.breaker.usable():
             try:
-                return getattr(self.limiter.limiter, method)(item, *keys)
+                return getattr(self.primary(), method)(item, *keys, **options)
             except Exception as exc:  # Redis down or hung: never a 500 for this
-                self.breaker.trip(exc, "counting wrong passwords in-process")
-        return getattr(self.fallback, method)(item, *keys)
+                self.breaker.trip(exc, "counting in-process")
+        return getattr(self.fallback, method)(item, *keys, **options)
 
 
 @functools.lru_cache(maxsize=16)
@@ -144,7 +162,7 @@ def _item(text: str) -> RateLimitItem:
 
 def _budgets(filehash: str):
     """(limit, keys, what a 429 says) of each wrong-password budget a check draws on."""
-    budget: _PasswordBudget = current_app.extensions["vimeo_password_limiter"]
+    budget: _Budget = current_app.extensions["vimeo_password_limiter"]
     cfg = current_app.config
     return budget, (
         (_item(cfg["PASSWORD_ADDRESS_RATE_LIMIT"]), budget.keys(None), "from this address"),
@@ -169,3 +187,38 @@ def record_failed_password(filehash: str) -> None:
     budget, budgets = _budgets(filehash)
     for item, keys, _scope in budgets:
         budget.call("hit", item, keys)
+
+
+# -- bytes uploaded ----------------------------------------------------------------------
+
+def _bytes_budget():
+    budget: _Budget = current_app.extensions["vimeo_bytes_limiter"]
+    item = _item(current_app.config["UPLOAD_BYTES_LIMIT"])
+    keys = tuple(k for k in (budget.prefix, "upload-bytes", client_address()) if k)
+    return budget, item, keys
+
+
+def _too_many_bytes(item: RateLimitItem) -> TooManyAttempts:
+    # A sliding window frees bytes gradually; its "reset" is when the first of them is
+    # free, too soon for an upload: retry when the window has moved on once.
+    return TooManyAttempts(
+        "Too many bytes uploaded from this address; retry after Retry-After seconds.",
+        item,
+        time.time() + item.get_expiry(),
+    )
+
+
+def check_upload_bytes(declared: int | None) -> None:
+    """429 before the body is read when this address has not ``declared`` bytes left."""
+    budget, item, keys = _bytes_budget()
+    if not budget.call("test", item, keys, cost=max(1, declared or 0)):
+        raise _too_many_bytes(item)
+
+
+def charge_upload_bytes(size: int) -> None:
+    """Take ``size`` bytes from this address's budget, or 429 (nothing is taken then)."""
+    if size <= 0:
+        return
+    budget, item, keys = _bytes_budget()
+    if not budget.call("hit", item, keys, cost=size):
+        raise _too_many_bytes(item)

@@ -83,6 +83,10 @@ class Storage:
         """Raise when the storage cannot take a write (the readiness probe)."""
         raise NotImplementedError
 
+    def free_bytes(self) -> int | None:
+        """Bytes an upload may still take on the storage, None when it cannot tell."""
+        return None
+
     def accel_path(self, sha256: str, *, whole: bool = False) -> str:
         """The X-Accel-Redirect target through which nginx sends this blob."""
         raise NotImplementedError
@@ -305,6 +309,12 @@ class LocalStorage(Storage):
             except FileNotFoundError:
                 pass
         return removed
+
+    def free_bytes(self) -> int:
+        self.ensure_dirs()
+        st = os.statvfs(self.root)
+        # f_bavail: what an unprivileged writer may use (root's reserve excluded).
+        return st.f_bavail * st.f_frsize
 
     def check(self) -> None:
         self.ensure_dirs()

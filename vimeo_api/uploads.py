@@ -10,12 +10,13 @@ from __future__ import annotations
 import mimetypes
 import re
 
-from flask import Request
+from flask import Request, current_app
 from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import get_input_stream
 
 from . import offload, storage
+from .errors import InsufficientStorage
 from .storage import UploadFile
 
 # Content types that say nothing about the content: the filename decides instead.
@@ -95,6 +96,18 @@ class ClientBody:
             raise BadRequest(
                 "The request body could not be read; check its framing (Content-Length or chunked encoding)."
             ) from None
+
+
+def ensure_room(request: Request) -> None:
+    """507 before the body is read when storing it would leave less than
+    ``STORAGE_MIN_FREE_BYTES`` free on the storage (the declared length counts; a body
+    nginx has written already is on the disk)."""
+    minimum = int(current_app.config["STORAGE_MIN_FREE_BYTES"] or 0)
+    if not minimum:
+        return
+    free = storage.current().free_bytes()
+    if free is not None and free - (request.content_length or 0) < minimum:
+        raise InsufficientStorage("The storage is nearly full (it keeps some space free); retry later.")
 
 
 def multipart_file(request: Request) -> tuple[UploadFile, str, str | None]:

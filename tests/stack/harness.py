@@ -173,6 +173,7 @@ def start_stack(root: Path, db_url: str, *, public_url: str = PUBLIC_URL, delive
         # The conformance suite uploads from one address faster than the default allows
         # (tests/test_limits.py checks the limit itself).
         "VIMEO_UPLOAD_RATE_LIMIT": "100000/minute",
+        "VIMEO_UPLOAD_BYTES_LIMIT": f"{1 << 40}/hour",
         "VIMEO_FAST_PATH_LOG": str(root / "log" / FAST_DOWNLOADS_LOG),
     })
     env.update({k: str(v) for k, v in env_overrides.items()})
