@@ -174,6 +174,9 @@ def start_stack(root: Path, db_url: str, *, public_url: str = PUBLIC_URL, delive
         # (tests/test_limits.py checks the limit itself).
         "VIMEO_UPLOAD_RATE_LIMIT": "100000/minute",
         "VIMEO_UPLOAD_BYTES_LIMIT": f"{1 << 40}/hour",
+        # ... and sends wrong passwords to many files from one address within a minute
+        # (each file's own budget stays the default; tests/test_limits.py checks both).
+        "VIMEO_PASSWORD_ADDRESS_RATE_LIMIT": "100000/minute",
         "VIMEO_FAST_PATH_LOG": str(root / "log" / FAST_DOWNLOADS_LOG),
     })
     env.update({k: str(v) for k, v in env_overrides.items()})
