@@ -91,7 +91,8 @@ def start_stack(work: Path, db_url: str, procs: list, env_extra: dict | None = N
     storage = work / "storage"
     nginx_port, accel_port, app_port = free_port(), free_port(), free_port()
     public = f"http://127.0.0.1:{nginx_port}"
-    extra = {"VIMEO_MAX_UPLOAD_SIZE": str(max_body_size), **(env_extra or {})}
+    extra = {"VIMEO_MAX_UPLOAD_SIZE": str(max_body_size), "VIMEO_UPLOAD_BYTES_LIMIT": f"{1 << 40}/hour",
+             **(env_extra or {})}
     if celery:
         extra["VIMEO_BROKER_URL"] = start_broker(work, procs)
 

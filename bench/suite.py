@@ -1050,7 +1050,9 @@ def main() -> int:
                "VIMEO_UPLOAD_RATE_LIMIT": "1000000/minute",
                # Download tokens signed with a key of the run's own (else one is written
                # into the checkout's instance folder).
-               "VIMEO_TOKEN_SIGNING_KEYS": json.dumps([secrets.token_hex(32)])}
+               "VIMEO_TOKEN_SIGNING_KEYS": json.dumps([secrets.token_hex(32)]),
+               # ... and more bytes than the default hourly budget of 1 GiB per address.
+               "VIMEO_UPLOAD_BYTES_LIMIT": f"{1 << 40}/hour"}
         stack = start_stack(work, db_url, procs, env, max_body_size=max(2 * big, 64 * MiB), celery=True,
                             metrics=True, baselines=True)
         log(f"suite: nginx {stack.nginx} → gunicorn (accel), gunicorn (app) {stack.app}, Celery worker; "

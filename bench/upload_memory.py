@@ -94,6 +94,7 @@ def main() -> int:
         "VIMEO_DATABASE_URL": f"sqlite:///{work / 'bench.sqlite3'}",
         "VIMEO_STORAGE_DIR": str(storage),
         "VIMEO_MAX_UPLOAD_SIZE": str(size + MiB),
+        "VIMEO_UPLOAD_BYTES_LIMIT": f"{1 << 40}/hour",
         "VIMEO_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": "1",

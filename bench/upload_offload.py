@@ -83,6 +83,7 @@ def main() -> int:
         nginx_port, app_port = free_port(), free_port()
         env = app_env(db_url, storage, f"http://127.0.0.1:{nginx_port}", f"127.0.0.1:{app_port}",
                       VIMEO_DELIVERY="accel", VIMEO_UPLOAD_OFFLOAD="1", VIMEO_MAX_UPLOAD_SIZE=str(2 * size),
+                      VIMEO_UPLOAD_BYTES_LIMIT=f"{1 << 40}/hour",
                       GUNICORN_ACCESSLOG="-")
         gunicorn = start_gunicorn(env, work / "gunicorn.log", procs)
         nginx = start_nginx(work, "offload", nginx_port, env["GUNICORN_BIND"], storage, env, procs,

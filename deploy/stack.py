@@ -252,11 +252,17 @@ def varnish_command(vcl: Path, listen: str, workdir: Path, *, storage: str = "ma
 
 
 def write_nginx_conf(settings: NginxSettings) -> Path:
-    """Render into ``<runtime_dir>/nginx.conf`` and create the directories it names."""
+    """Render into ``<runtime_dir>/nginx.conf`` and create the directories it names.
+
+    The runtime and log directories are the service's alone (0750): nginx writes its
+    logs 0644, and they, like its cached grant answers, name files' capability URLs.
+    """
     runtime = Path(settings.runtime_dir)
-    runtime.mkdir(parents=True, exist_ok=True)
-    Path(settings.log_dir or runtime).mkdir(parents=True, exist_ok=True)
-    Path(settings.storage_dir, "blobs").mkdir(parents=True, exist_ok=True)
+    log_dir = Path(settings.log_dir or runtime)
+    for directory in (runtime, log_dir):
+        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        directory.chmod(0o750)
+    Path(settings.storage_dir, "blobs").mkdir(mode=0o750, parents=True, exist_ok=True)
     path = runtime / "nginx.conf"
     path.write_text(render_nginx(settings))
     return path

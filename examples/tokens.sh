@@ -21,3 +21,14 @@ call 200 -I "$API/t/$token"
 call 201 -X POST -H 'X-Password: s3cret' "$API/file/$filehash/tokens"
 call 401 -X POST "$API/file/$filehash/tokens"  # neither
 call 401 "$API/t/${token}x"                   # tampered
+
+# Changing the password revokes the links issued before; the owner can revoke all.
+call 201 -X POST -H "X-Owner-Token: $owner" "$API/file/$filehash/tokens"
+token="$(field token)"
+call 200 -X PATCH -H "X-Owner-Token: $owner" -H 'Content-Type: application/json' \
+  -d '{"password": "n3w s3cret"}' "$API/file/$filehash"
+call 403 "$API/t/$token"                       # revoked by the password change
+call 201 -X POST -H 'X-Password: n3w s3cret' "$API/file/$filehash/tokens"
+token="$(field token)"
+call 200 -X DELETE -H "X-Owner-Token: $owner" "$API/file/$filehash/tokens"
+call 403 "$API/t/$token"                       # revoked by its owner

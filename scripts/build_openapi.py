@@ -179,6 +179,11 @@ schemas = {
         "properties": {"expires_in": {"type": "integer", "minimum": 1, "maximum": 86400,
                                       "description": "Seconds; default 300; the maximum is configuration (TOKEN_MAX_EXPIRES_IN, 86400 by default)."}},
     },
+    "LinksRevoked": {
+        "type": "object", "required": ["status", "revoked"], "additionalProperties": False,
+        "properties": {"status": {"const": "Links Revoked"},
+                       "revoked": {"type": "integer", "minimum": 0, "description": "Live links revoked now."}},
+    },
     "TokenCreated": {
         "type": "object", "required": ["token", "url", "expires_at"],
         "properties": {"token": {"type": "string"}, "url": {"type": "string"},
@@ -456,6 +461,8 @@ owner_links = {
         "path.filehash": "$response.body#/filehash", "header.X-Owner-Token": "$response.body#/owner_token"}},
     "ListDownloads": {"operationId": "listDownloads", "parameters": {
         "path.filehash": "$response.body#/filehash", "header.X-Owner-Token": "$response.body#/owner_token"}},
+    "RevokeTokens": {"operationId": "revokeTokens", "parameters": {
+        "path.filehash": "$response.body#/filehash", "header.X-Owner-Token": "$response.body#/owner_token"}},
 }
 
 created = resp("Stored. The body's `url` is also in Location; keep `owner_token`.", "Uploaded",
@@ -638,11 +645,20 @@ paths = {
                     (410, "Gone"), (429, "TooManyRequests"), (503, "Unavailable")),
             },
         },
+        "delete": {
+            "operationId": "revokeTokens", "tags": ["tokens"], "summary": "Revoke every signed link of a file (owner)",
+            "description": "Links issued until now answer 403. A change of the file's password revokes them too.",
+            "parameters": pr("OwnerToken"),
+            "responses": {"200": resp("Revoked.", "LinksRevoked", {"Cache-Control": "CacheControl"}),
+                          **R((401, "Unauthorized"), (403, "Forbidden"), (404, "NotFound"), (410, "Gone"),
+                              (503, "Unavailable"))},
+        },
     },
     P + "/t/{token}": {
         "parameters": pr("token"),
         "get": download_op("downloadWithToken", "Download with a signed token",
-                           "Tampered → 401, expired → 403, file gone → 410; uses a download. A limited file's "
+                           "Tampered → 401, expired or revoked → 403, file gone → 410; uses a download. "
+                           "The token carries a random link id and its expiry, never the file's URL. A limited file's "
                            "link answers browsers and link previews with the landing page, as /file does.", [],
                            [(401, "Unauthorized"), (403, "Forbidden")]),
         "head": download_op("headWithToken", "Headers with a signed token", "As GET, without the body.", [],

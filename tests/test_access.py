@@ -101,7 +101,7 @@ def test_expired_is_gone_before_any_sweep(ctx):
 
 def test_used_up_is_gone(ctx):
     file, _ = new_file(max_downloads=1)
-    files.consume_download(file.id, file.size, file.sha256)
+    files.consume_download(file.id, file.size, file.sha256, file.access_version)
     with asking(ctx):
         with pytest.raises(Gone):
             access.downloadable(file.filehash, request)

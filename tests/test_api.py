@@ -737,11 +737,15 @@ def test_expires_in_grammar(target, value, seconds):
     assert before + timedelta(seconds=seconds) <= expires_at <= after + timedelta(seconds=seconds)
 
 
-def test_expires_in_never(target):
-    body = uploaded(target, expires_in="never")
-    assert body["expires_at"] is None
-    assert row(target, body["filehash"]).expires_at is None
-    assert target.request("GET", path(body)).status == 200
+def test_expires_in_never_is_refused_under_the_default_cap(target):
+    """Anyone may upload: by default nothing stays past MAX_EXPIRES_IN (30 days), and
+    ``never`` is refused (tests/test_quotas.py lifts the cap)."""
+    answer = target.upload(b"x", expires_in="never")
+    body = assert_error(target, answer, 400, "Bad Request")
+    assert "never" in body["message"] and "2592000" in body["message"]
+    assert target.sql("select count(*) from files")[0][0] == 0
+    assert_error(target, target.upload(b"x", expires_in="31d"), 400, "Bad Request")
+    assert uploaded(target, expires_in="30d")["expires_at"] is not None
 
 
 @pytest.mark.parametrize("value", ["abc", "-5", "0", "0s", "1w", "1.5h", "h", "10 m", "99999999999999d"])
@@ -884,9 +888,10 @@ def test_patch_expires_in(target):
     answer = target.request("PATCH", path(body), headers=owner(body), json={"expires_in": "1h"})
     assert answer.status == 200
     assert before + timedelta(hours=1) <= iso(answer.json()["expires_at"]) <= now() + timedelta(hours=1)
+    # No expiry (null) is refused under the default cap (MAX_EXPIRES_IN).
     answer = target.request("PATCH", path(body), headers=owner(body), json={"expires_in": None})
-    assert answer.json()["expires_at"] is None
-    assert row(target, body["filehash"]).expires_at is None
+    assert_error(target, answer, 400, "Bad Request")
+    assert row(target, body["filehash"]).expires_at is not None
     answer = target.request("PATCH", path(body), headers=owner(body), json={"expires_in": 120})
     assert before + timedelta(seconds=120) <= iso(answer.json()["expires_at"]) <= now() + timedelta(seconds=120)
 

@@ -160,6 +160,66 @@ def test_the_password_may_issue_tokens_too(target):
     assert target.request("GET", ok.json()["url"]).status == 200
 
 
+def _readable_payload(token: str):
+    """What anyone holding a token can read of it (itsdangerous: zlib and base64)."""
+    from itsdangerous import URLSafeSerializer
+
+    return URLSafeSerializer("no key needed to read").load_payload(token.rsplit(".", 1)[0].encode())
+
+
+def test_a_token_does_not_reveal_the_files_permanent_url(target):
+    """Issue 13: a link's holder must not rebuild /file/<filehash> from it, to download
+    there once the link has expired."""
+    up = target.upload(b"secret report", "r.txt", max_downloads=0, password="pw").json()
+    body = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up), json={"expires_in": 60}).json()
+    payload = _readable_payload(body["token"])
+    assert set(payload) == {"t", "e"}
+    assert up["filehash"] not in str(payload) and up["filehash"] not in body["url"]
+    # The link id is not the filehash under another name: stored hashed, per link.
+    stored = target.sql("select token_hash from download_tokens")
+    assert [row[0] for row in stored] != [payload["t"]] and len(stored) == 1
+    assert target.request("GET", body["url"]).body == b"secret report"
+
+
+def test_a_password_change_revokes_the_files_links(target):
+    up = target.upload(b"guarded", "g.txt", max_downloads=0, password="old").json()
+    by_owner = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up)).json()["url"]
+    by_password = target.request("POST", f"/file/{up['filehash']}/tokens", headers={"X-Password": "old"}).json()["url"]
+    assert target.request("GET", by_owner).status == 200
+    changed = target.request("PATCH", f"/file/{up['filehash']}", headers=_owner(up), json={"password": "new"})
+    assert changed.status == 200
+    for url in (by_owner, by_password):
+        answer = target.request("GET", url)
+        assert answer.status == 403, answer
+        assert answer.json()["error"] == "Forbidden" and "revoked" in answer.json()["message"]
+        assert target.request("HEAD", url).status == 403
+    # Links issued after the change work; removing the password revokes them too.
+    fresh = target.request("POST", f"/file/{up['filehash']}/tokens", headers={"X-Password": "new"}).json()["url"]
+    assert target.request("GET", fresh).status == 200
+    assert target.request("PATCH", f"/file/{up['filehash']}", headers=_owner(up), json={"password": None}).status == 200
+    assert target.request("GET", fresh).status == 403
+
+
+def test_the_owner_revokes_every_link_of_a_file(target):
+    up = target.upload(b"shared", "s.txt", max_downloads=0).json()
+    other = target.upload(b"other", "o.txt", max_downloads=0).json()
+    urls = [target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up)).json()["url"] for _ in range(3)]
+    kept = target.request("POST", f"/file/{other['filehash']}/tokens", headers=_owner(other)).json()["url"]
+    revoke = f"/file/{up['filehash']}/tokens"
+    assert target.request("DELETE", revoke).status == 401
+    assert target.request("DELETE", revoke, headers={"X-Owner-Token": other["owner_token"]}).status == 403
+    answer = target.request("DELETE", revoke, headers=_owner(up))
+    assert (answer.status, answer.json()) == (200, {"status": "Links Revoked", "revoked": 3})
+    for url in urls:
+        assert target.request("GET", url).status == 403
+    assert target.request("GET", kept).status == 200  # another file's links are untouched
+    assert target.request("DELETE", revoke, headers=_owner(up)).json()["revoked"] == 0
+    # The file itself, and new links, still serve.
+    assert target.request("GET", f"/file/{up['filehash']}").status == 200
+    new = target.request("POST", revoke, headers=_owner(up)).json()["url"]
+    assert target.request("GET", new).status == 200
+
+
 @pytest.mark.parametrize("body", [{"expires_in": 0}, {"expires_in": "60"}, {"expires_in": 10**9}, ["x"]])
 def test_bad_token_requests_are_400(target, body):
     up = upload(target, b"t", "t.txt")

@@ -106,7 +106,7 @@ def test_find(ctx):
 def test_last_download_makes_the_file_gone_and_releases_its_blob(ctx):
     file, _ = new_file(b"once")
     before = utcnow()
-    assert files.consume_download(file.id, file.size, file.sha256) is True
+    assert files.consume_download(file.id, file.size, file.sha256, file.access_version) is True
     row = fresh(file)
     assert (row.downloads, row.status, row.gone_reason) == (1, "gone", "downloaded")
     assert row.gone_at >= before.replace(microsecond=0)
@@ -117,7 +117,7 @@ def test_last_download_makes_the_file_gone_and_releases_its_blob(ctx):
     assert before + timedelta(seconds=899) <= released.release_after <= utcnow() + timedelta(seconds=900)
     assert stored(file.sha256)
     # Nothing left to consume.
-    assert files.consume_download(file.id, file.size, file.sha256) is False
+    assert files.consume_download(file.id, file.size, file.sha256, file.access_version) is False
     assert fresh(file).downloads == 1
     assert blob(file.sha256).refcount == 0
 
@@ -136,19 +136,19 @@ def test_without_a_resume_window_a_used_up_file_keeps_its_bytes_for_the_grace_pe
 def test_downloads_count_up_to_the_limit(ctx):
     file, _ = new_file(max_downloads=3)
     for expected in (1, 2):
-        assert files.consume_download(file.id, file.size, file.sha256) is True
+        assert files.consume_download(file.id, file.size, file.sha256, file.access_version) is True
         row = fresh(file)
         assert (row.downloads, row.status, row.gone_reason) == (expected, "available", None)
         assert blob(file.sha256).refcount == 1
-    assert files.consume_download(file.id, file.size, file.sha256) is True
+    assert files.consume_download(file.id, file.size, file.sha256, file.access_version) is True
     assert (fresh(file).downloads, fresh(file).status) == (3, "gone")
-    assert files.consume_download(file.id, file.size, file.sha256) is False
+    assert files.consume_download(file.id, file.size, file.sha256, file.access_version) is False
 
 
 def test_unlimited_never_runs_out(ctx):
     file, _ = new_file(max_downloads=0)
     for _ in range(5):
-        assert files.consume_download(file.id, file.size, file.sha256) is True
+        assert files.consume_download(file.id, file.size, file.sha256, file.access_version) is True
     row = fresh(file)
     assert (row.downloads, row.status) == (5, "available")
     assert (blob(file.sha256).refcount, blob(file.sha256).release_after) == (1, None)
@@ -161,24 +161,24 @@ def test_no_download_after_expiry(ctx):
         {"t": datetime(2000, 1, 1), "i": file.id},
     )
     db.session.commit()
-    assert files.consume_download(file.id, file.size, file.sha256) is False
+    assert files.consume_download(file.id, file.size, file.sha256, file.access_version) is False
     assert fresh(file).downloads == 0
 
 
 def test_no_download_of_a_deleted_file(ctx):
     file, _ = new_file(max_downloads=0)
     assert files.mark_gone(file.id, "deleted") is True
-    assert files.consume_download(file.id, file.size, file.sha256) is False
+    assert files.consume_download(file.id, file.size, file.sha256, file.access_version) is False
     assert fresh(file).downloads == 0
 
 
 def test_used_up_file_keeps_shared_content_for_the_other(ctx):
     first, _ = new_file(b"shared")
     second, _ = new_file(b"shared", max_downloads=0)
-    assert files.consume_download(first.id, first.size, first.sha256) is True
+    assert files.consume_download(first.id, first.size, first.sha256, first.access_version) is True
     assert fresh(first).status == "gone"
     assert (blob(first.sha256).refcount, blob(first.sha256).release_after) == (1, None)
-    assert files.consume_download(second.id, second.size, second.sha256) is True
+    assert files.consume_download(second.id, second.size, second.sha256, second.access_version) is True
 
 
 def test_concurrent_downloads_cannot_over_consume(ctx):
@@ -191,7 +191,7 @@ def test_concurrent_downloads_cannot_over_consume(ctx):
         with app.app_context():
             barrier.wait()
             try:
-                results.append(files.consume_download(file.id, file.size, file.sha256))
+                results.append(files.consume_download(file.id, file.size, file.sha256, file.access_version))
             finally:
                 db.session.remove()
 
@@ -219,7 +219,7 @@ def test_mark_gone_happens_once(ctx):
 
 def test_mark_gone_of_a_used_up_file_is_false(ctx):
     file, _ = new_file()
-    files.consume_download(file.id, file.size, file.sha256)
+    files.consume_download(file.id, file.size, file.sha256, file.access_version)
     assert files.mark_gone(file.id, "deleted") is False
     assert fresh(file).gone_reason == "downloaded"
     assert blob(file.sha256).refcount == 0
@@ -275,7 +275,7 @@ def test_without_grace_bytes_go_with_the_last_user(no_grace):
     assert stored(first.sha256)
     assert blob(first.sha256).refcount == 1
     assert blobs.release(first.sha256) is False
-    assert files.consume_download(second.id, second.size, second.sha256) is True
+    assert files.consume_download(second.id, second.size, second.sha256, second.access_version) is True
     # The last user is gone: the bytes and the blob row went at once.
     assert not stored(first.sha256)
     assert blob(first.sha256) is None
@@ -373,8 +373,8 @@ def test_update_options(ctx):
 
 def test_update_options_lowering_the_limit_to_the_used_count_makes_it_gone(ctx):
     file, _ = new_file(max_downloads=0)
-    files.consume_download(file.id, file.size, file.sha256)
-    files.consume_download(file.id, file.size, file.sha256)
+    files.consume_download(file.id, file.size, file.sha256, file.access_version)
+    files.consume_download(file.id, file.size, file.sha256, file.access_version)
     updated = files.update_options(fresh(file), Options(max_downloads=2))
     assert (updated.status, updated.gone_reason) == ("gone", "downloaded")
     assert blob(file.sha256).refcount == 0
@@ -392,7 +392,7 @@ def test_parse_expires_in(make_app, value, seconds):
 
 
 def test_parse_expires_in_never(make_app):
-    with make_app().app_context():
+    with make_app(MAX_EXPIRES_IN=None).app_context():  # the default cap lifted
         assert parse_expires_in("never", NOW) is None
         assert parse_expires_in("NEVER", NOW) is None
 
@@ -441,3 +441,15 @@ def test_max_downloads_takes_ascii_whole_numbers_only(value):
 
 def test_an_integral_json_number_is_a_whole_number():
     assert parse_max_downloads(5.0) == 5
+
+
+# -- 64-bit counters (issue 13, item 10) ------------------------------------------------
+
+def test_downloads_count_past_32_bits(ctx):
+    """``downloads`` was a 32-bit integer on PostgreSQL: the 2,147,483,648th download of a
+    public file failed the UPDATE (a 500)."""
+    file, _ = new_file(max_downloads=0)
+    db.session.execute(text("update files set downloads = 2147483647 where id = :i"), {"i": file.id})
+    db.session.commit()
+    assert files.consume_download(file.id, file.size, file.sha256, file.access_version) is True
+    assert fresh(file).downloads == 2**31

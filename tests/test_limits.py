@@ -50,6 +50,7 @@ def test_the_defaults_leave_room_for_scripts_and_stop_guessing(tmp_path):
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path}/d.sqlite3", "STORAGE_DIR": str(tmp_path / "s")})
     assert app.config["UPLOAD_RATE_LIMIT"] == "600/minute"
     assert app.config["PASSWORD_RATE_LIMIT"] == "10/minute"
+    assert app.config["PASSWORD_ADDRESS_RATE_LIMIT"] == "30/minute"
     assert app.config["TRUSTED_PROXY_COUNT"] == 0
 
 
@@ -104,6 +105,36 @@ def test_token_issuing_shares_the_password_budget(limited_app):
         assert client.get(f"{API}/file/{body['filehash']}?password=guess", environ_base=here).status_code == 401
     assert_429(client.post(tokens, headers={"X-Password": "right"}, environ_base=here), 10)
     assert client.post(tokens, headers={"X-Owner-Token": body["owner_token"]}, environ_base=here).status_code == 201
+
+
+def test_wrong_passwords_are_also_budgeted_per_address_across_files(limited_app, monkeypatch):
+    """Issue 13, item 9: each wrong password costs a slow hash; an attacker with files of
+    their own (a budget per file each) must not burn the CPU. Past the per-address budget
+    every password-protected file answers 429 to that address, before any hash."""
+    from vimeo_api import security
+
+    limit = int(limited_app.config["PASSWORD_ADDRESS_RATE_LIMIT"].split("/")[0])
+    assert 10 < limit <= 60
+    client = limited_app.test_client()
+    attacker, victim = from_address("192.0.2.40"), from_address("192.0.2.41")
+    owned = [guarded_file(client) for _ in range(limit // 8 + 1)]
+    hashes = []
+    original = security.password_matches
+    monkeypatch.setattr(security, "password_matches", lambda *a: hashes.append(1) or original(*a))
+    answers = []
+    for body in owned:  # 8 wrong passwords per file: within each file's own budget of 10
+        for _ in range(8):
+            answers.append(client.get(f"{API}/file/{body['filehash']}?password=guess", environ_base=attacker))
+    assert [a.status_code for a in answers] == [401] * limit + [429] * (len(answers) - limit)
+    assert len(hashes) == limit  # no slow hash past the budget
+    assert_429(answers[-1], limit)
+    fresh = guarded_file(client)
+    for path in (f"/file/{fresh['filehash']}?password=right", f"/file/{fresh['filehash']}/tokens"):
+        method = client.post if path.endswith("/tokens") else client.get
+        assert method(API + path, headers={"X-Password": "right"}, environ_base=attacker).status_code == 429
+    assert len(hashes) == limit
+    # Other addresses are not held back.
+    assert client.get(f"{API}/file/{fresh['filehash']}?password=right", environ_base=victim).status_code == 200
 
 
 def test_the_limit_is_configuration(make_app):

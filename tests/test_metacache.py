@@ -8,6 +8,8 @@ this test's own on the shared server); outages on a redis-server of the test's o
 from __future__ import annotations
 
 import concurrent.futures
+import io
+import json
 import logging
 import os
 import time
@@ -166,6 +168,30 @@ def test_a_lost_invalidation_cannot_send_changed_bytes(cached_app, monkeypatch):
         assert files.find(deleted["filehash"]).downloads == 0
 
 
+@pytest.mark.parametrize("change", ["add", "change"])
+def test_a_lost_invalidation_cannot_skip_a_new_password(cached_app, monkeypatch, change):
+    """Issue 13, item 3: the owner adds or changes the password and the cache's
+    invalidation is lost. The cached metadata still says "no password" (or names the old
+    one), but the download is decided by the database: refused, no download used."""
+    client = cached_app.test_client()
+    old = {} if change == "add" else {"X-Password": "old"}
+    body = upload(client, b"soon guarded", max_downloads=0, **({} if change == "add" else {"password": "old"}))
+    assert client.get(url(body), headers=old).status_code == 200  # one download, and cached
+    assert client.head(url(body), headers=old).headers["X-Cache"] == "HIT"
+    owner = {"X-Owner-Token": body["owner_token"]}
+    with monkeypatch.context() as m:
+        m.setattr(metacache, "invalidate_many", lambda filehashes: True)
+        assert client.patch(url(body), json={"password": "new"}, headers=owner).status_code == 200
+    assert client.head(url(body), headers=old).headers["X-Cache"] == "HIT"  # the stale entry is there
+    refused = client.get(url(body), headers=old)
+    assert refused.status_code == 401 and refused.get_json()["error"] == "Unauthorized"
+    assert refused.get_data() != b"soon guarded"
+    with cached_app.app_context():
+        assert files.find(body["filehash"]).downloads == 1
+    assert client.get(url(body), headers=old).status_code == 401  # and so it stays
+    assert client.get(url(body), headers={"X-Password": "new"}).get_data() == b"soon guarded"
+
+
 def test_a_fill_that_read_before_an_invalidation_is_never_used(cached_app):
     """The race itself: a request reads the row, another commits a change and
     invalidates, then the first stores what it read. The next lookup must not use it."""
@@ -212,7 +238,7 @@ def test_file_meta_has_files_attributes_and_availability():
         gone_reason=None, created_at=now, modified_at=now, expires_at=None,
     )
     meta = FileMeta.of(row)
-    assert FileMeta(**meta.as_dict()) == meta
+    assert FileMeta.from_dict(json.loads(json.dumps(meta.as_dict()))) == meta
     for downloads, status, expires in [(1, "available", None), (2, "available", None), (0, "gone", None),
                                        (0, "available", now)]:
         row.downloads, row.status, row.expires_at = downloads, status, expires
@@ -377,3 +403,47 @@ def test_in_process_caches_of_several_workers_agree(gunicorn_server, backend):
     for _ in range(40):  # new connections: any worker
         answer = requests.get(link, headers={"If-None-Match": body["etag"]})
         assert (answer.status_code, answer.headers["ETag"]) == (200, new_etag)
+
+
+# -- what the cache holds is data, never code (issue 13, item 12) -----------------------------
+
+class _Planted:
+    """What someone who can write to the cache's Redis would plant: unpickling it
+    creates a file (a harmless stand-in for running any code)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_value_planted_in_redis_is_never_unpickled(make_app, shared_redis_prefix, tmp_path):
+    import pickle
+
+    import redis
+
+    from support import SHARED_REDIS
+
+    app = make_app(backend="sqlite", **redis_cache_config(shared_redis_prefix))
+    client = app.test_client()
+    body = upload(client, max_downloads=0)
+    assert client.head(url(body)).headers["X-Cache"] == "MISS"
+    assert client.head(url(body)).headers["X-Cache"] == "HIT"
+    server = redis.Redis.from_url(f"{SHARED_REDIS}/1")
+    try:
+        # What the cache stores is JSON text.
+        stored = server.get(shared_redis_prefix + metacache.META + body["filehash"])
+        assert json.loads(stored)[3]["filehash"] == body["filehash"]
+        marker = tmp_path / "code-ran"
+        planted = b"!" + pickle.dumps(_Planted(str(marker)))  # cachelib's pickle framing
+        for key in (metacache.META + body["filehash"], metacache.GLOBAL_EPOCH, "pwok:x"):
+            server.set(shared_redis_prefix + key, planted)
+    finally:
+        server.close()
+    answer = client.head(url(body))
+    # Read as a miss (a planted epoch leaves the API uncached until it expires: a Redis
+    # writer can deny the cache, not run code or change an answer).
+    assert answer.status_code == 200 and answer.headers["X-Cache"] == "MISS"
+    assert client.get(url(body)).get_data() == b"cached bytes\n"
+    assert not marker.exists()

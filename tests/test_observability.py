@@ -95,7 +95,7 @@ def test_metrics_after_a_mixed_workload_match_the_requests_made(make_app, backen
         (("outcome", "success"), ("task", "vimeo_api.tasks.release_blob_task")): 2
     }
     backlog = metric_samples(text, "vimeo_sweep_backlog")
-    assert set(dict(labels)["kind"] for labels in backlog) == {"expired", "retired", "released", "stale_grants", "stale_uploads", "orphans", "expired_uploads"}
+    assert set(dict(labels)["kind"] for labels in backlog) == {"expired", "retired", "released", "stale_grants", "stale_uploads", "orphans", "expired_uploads", "expired_links"}
     assert metric_samples(text, "vimeo_sweep_last_run_timestamp_seconds")[()] > 0
     # Histogram counts follow the same routes.
     durations = metric_samples(text, "vimeo_http_request_duration_seconds_count")

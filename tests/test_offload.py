@@ -103,13 +103,14 @@ def test_offload_off_ignores_a_clients_header_beside_a_body(make_app):
 
 def test_offload_off_behind_an_offloading_nginx_refuses_rather_than_store_nothing(make_app):
     """nginx kept the body (no Content-Length reaches the app): an app without
-    UPLOAD_OFFLOAD must not store the empty stream as the upload."""
+    UPLOAD_OFFLOAD must not store the empty stream as the upload. A client can send the
+    same request to gunicorn directly, so it is its 400, not a 500 (issue 13)."""
     app = make_app(backend="sqlite")
     written = body_dir(app) / "0000000004"
     written.write_bytes(b"the real upload")
     client = app.test_client()
     environ = {"CONTENT_LENGTH": None}
     answer = client.put(UPLOAD, headers={"X-Vimeo-Body-File": str(written)}, environ_overrides=environ)
-    assert answer.status_code == 500
-    assert answer.json["error"] == "Internal Server Error"
+    assert answer.status_code == 400
+    assert answer.json["error"] == "Bad Request"
     assert blobs(app) == []

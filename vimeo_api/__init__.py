@@ -64,6 +64,7 @@ def register_extensions(app: Flask, *, migrations: bool = True) -> None:
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         with app.app_context():
             event.listen(db.engine, "connect", _sqlite_pragmas)
+            event.listen(db.engine, "connect", _sqlite_private(db.engine.url.database))
 
 
 def register_blueprints(app: Flask) -> None:
@@ -105,6 +106,25 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(tokens_cli)
     app.cli.add_command(stats_command)
     app.cli.add_command(cache_cli)
+
+
+def _sqlite_private(path: str | None):
+    """A connect hook that keeps the SQLite database readable by the service alone: it
+    holds password hashes and every file's capability URL. SQLite creates its -wal and
+    -shm files with the database's mode, and ``manage.py db upgrade`` may have created
+    the database under a permissive umask."""
+
+    def private(_dbapi_connection, _record) -> None:
+        if not path or path == ":memory:":
+            return
+        for name in (path, path + "-wal", path + "-shm"):
+            try:
+                if os.stat(name).st_mode & 0o077:
+                    os.chmod(name, 0o600)
+            except FileNotFoundError:
+                pass
+
+    return private
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -17,7 +17,7 @@ from flask import Request, current_app
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Forbidden, NotFound, Unauthorized
 
-from . import files, limits, metacache, operator_tokens, password_cache, security, signing, versions
+from . import download_tokens, files, limits, metacache, operator_tokens, password_cache, security, signing, versions
 from .errors import FileGone
 from .models import File, GoneReason, utcnow
 from .representation import CacheClass, cache_class, file_cache_class
@@ -34,6 +34,8 @@ class Offer:
     bytes uses one of the file's downloads; ``fresh``: the checks read the database itself,
     not possibly stale cached metadata; ``used_up``: the file's downloads are used up and
     only a resumption may send anything.
+    ``access_version``: the file's access version the password (or the link standing
+    for it) was checked under, which the download's UPDATE requires to be still current.
     """
 
     resource: object
@@ -44,6 +46,7 @@ class Offer:
     # A download already used, in a transaction left open (claim_offer).
     claimed: files.Consumed | None = None
     used_up: bool = False
+    access_version: int | None = None
 
 
 def file_offer(filehash: str, request: Request, *, fresh: bool = False, password: bool = True,
@@ -53,7 +56,8 @@ def file_offer(filehash: str, request: Request, *, fresh: bool = False, password
     downloads are used up instead of answering 410."""
     file = downloadable(filehash, request, fresh=fresh, password=password, used_up=used_up)
     gone = used_up and file.unavailable_reason(utcnow()) == GoneReason.DOWNLOADED
-    return Offer(file, file, file_cache_class(file), consume=True, fresh=fresh, used_up=gone)
+    return Offer(file, file, file_cache_class(file), consume=True, fresh=fresh, used_up=gone,
+                 access_version=file.access_version)
 
 
 def claim_offer(filehash: str, request: Request) -> Offer | None:
@@ -72,7 +76,8 @@ def claim_offer(filehash: str, request: Request) -> Offer | None:
             raise FileGone(cached.unavailable_reason(utcnow()))
         if cached.password_hash is not None:
             _check_password(cached, request)
-            return Offer(cached, cached, file_cache_class(cached), consume=True, fresh=False)
+            return Offer(cached, cached, file_cache_class(cached), consume=True, fresh=False,
+                         access_version=cached.access_version)
     claimed = files.claim_download(filehash)
     if claimed is None:
         return None
@@ -98,24 +103,35 @@ def version_offer(version_id: str, **_) -> Offer:
 
 
 def token_offer(token: str, *, fresh: bool = False, used_up: bool = False, **_) -> Offer:
-    """``/t/<token>``: tampered → 401, expired → 403, file gone → 410 (unknown: 410
-    deleted). The token stands for the password; sending uses a download like any other."""
+    """``/t/<token>``: tampered (or unknown) → 401, expired → 403, revoked (by its owner,
+    or by a password change since it was issued) → 403, file gone → 410. The token
+    stands for the password; sending uses a download like any other.
+
+    The link is always read from the database, with its file: ``fresh`` only tells the
+    pipeline whether this is its second look."""
     try:
-        filehash = signing.verify(token)
+        link_id = signing.verify(token)
     except signing.TokenInvalid:
-        raise Unauthorized(
-            "This token is not valid.", www_authenticate=WWWAuthenticate("token", {"realm": REALM})
-        ) from None
+        raise _invalid_token() from None
     except signing.TokenExpired:
         raise Forbidden("This token has expired.") from None
-    file = metacache.lookup(filehash, files.find, fresh=fresh) if _looks_like_filehash(filehash) else None
-    if file is None:
-        raise FileGone(GoneReason.DELETED)
+    found = download_tokens.find(link_id)
+    if found is None:
+        raise _invalid_token()
+    link, file = found
+    if download_tokens.is_revoked(link, file):
+        raise Forbidden("This link was revoked (by its owner, or a change of the file's password).")
+    file = metacache.FileMeta.of(file)
     reason = file.unavailable_reason(utcnow())
     if reason is not None and not (used_up and reason == GoneReason.DOWNLOADED):
         raise FileGone(reason)
     klass = cache_class(max_downloads=file.max_downloads, has_password=False, token=True)
-    return Offer(file, file, klass, consume=True, fresh=fresh, used_up=reason is not None)
+    return Offer(file, file, klass, consume=True, fresh=fresh, used_up=reason is not None,
+                 access_version=link.access_version)
+
+
+def _invalid_token() -> Unauthorized:
+    return Unauthorized("This token is not valid.", www_authenticate=WWWAuthenticate("token", {"realm": REALM}))
 
 
 def supplied_password(request: Request) -> str | None:

@@ -4,18 +4,41 @@ from __future__ import annotations
 
 from functools import partial
 
-from flask import Blueprint, jsonify, request
-from werkzeug.exceptions import BadRequest, PreconditionFailed
+from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import BadRequest, PreconditionFailed, RequestEntityTooLarge
 
-from . import access, downloads, files, inventory, request_options, versions
+from . import access, downloads, files, inventory, limits, request_options, versions
 from .errors import FileGone
 from .http_semantics import evaluate_preconditions, format_etag
 from .models import File, GoneReason, utcnow
 from .representation import clean_filename, representation_of
-from .uploads import content_type_for, multipart_file, raw_body
+from .uploads import content_type_for, ensure_room, multipart_file, raw_body
 from .urls import API_PREFIX, file_url
 
 bp = Blueprint("api", __name__, url_prefix=API_PREFIX)
+# Routes that store a body: each is admitted before it is read, and charged once it is.
+STORING = frozenset({"api.upload_multipart", "api.upload_raw", "api.upload_raw_bare", "api.replace_file"})
+
+
+@bp.before_request
+def admit_body():
+    """Before a body is read: not over MAX_UPLOAD_SIZE (413, whatever the rest), room on
+    the storage (507), bytes left for this address (429)."""
+    if request.endpoint in STORING:
+        if (request.content_length or 0) > current_app.config["MAX_CONTENT_LENGTH"]:
+            raise RequestEntityTooLarge()
+        ensure_room(request)
+        # A multipart body's length counts its framing and fields too: only a raw body's
+        # is the upload's size.
+        raw = request.mimetype != "multipart/form-data"
+        limits.check_upload_bytes(request.content_length if raw else None)
+
+
+def _received(upload):
+    """A body read in full: its bytes are charged to the client's address (429 leaves
+    nothing: the request's end removes an upload not stored)."""
+    limits.charge_upload_bytes(upload.size)
+    return upload
 
 
 # -- upload -------------------------------------------------------------------------
@@ -25,6 +48,7 @@ def upload_multipart():
     """Multipart upload, the original contract: ``curl -F file=@x -X PUT .../file``."""
     options = request_options.parse(request.form)
     upload, filename, declared = multipart_file(request)
+    _received(upload)
     filename = clean_filename(filename)
     file, token = files.create(upload, filename, content_type_for(declared, filename), options)
     return _created(file, token)
@@ -38,7 +62,7 @@ def upload_raw(filename):
     """Raw body upload: ``curl -T x .../upload/`` (curl appends the file's name)."""
     options = request_options.parse(request_options.from_headers(request.headers))
     filename = clean_filename(filename or "upload")
-    upload = raw_body(request)
+    upload = _received(raw_body(request))
     file, token = files.create(upload, filename, content_type_for(request.mimetype, filename), options)
     return _created(file, token)
 
@@ -96,6 +120,7 @@ def replace_file(filehash):
     else:
         upload = raw_body(request)
         content_type = content_type_for(request.mimetype, file.filename) if request.mimetype else None
+    _received(upload)
     if files.replace_content(file, upload, content_type) is None:
         raise PreconditionFailed("The file changed while this replacement was uploaded.")
     return jsonify(status="File Replaced", **_describe(file))

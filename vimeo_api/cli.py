@@ -173,11 +173,13 @@ def _repair(problems) -> list[str]:
 
 
 def _sweep(batch_size, as_json) -> None:
-    report = sweep.run(batch_size).as_dict()
+    report = sweep.run(batch_size)
     if as_json:
-        _echo_json(report)
+        _echo_json(report.as_dict())
     else:
-        click.echo(" ".join(f"{k}={v}" for k, v in report.items()))
+        click.echo(" ".join(f"{k}={v}" for k, v in report.counts().items()))
+    if report.failed:
+        raise click.ClickException(f"sweep step(s) failed: {', '.join(report.failed)} (the others ran; see the log)")
 
 
 @files_cli.command("sweep")

@@ -12,6 +12,11 @@ DEFAULTS: dict[str, object] = {
     "DATABASE_URL": None,
     # Where bytes live. None means ``<instance>/storage``.
     "STORAGE_DIR": None,
+    # Where the app keeps the state it makes itself (the installation's token signing
+    # key). None: systemd's $STATE_DIRECTORY when the service has one (StateDirectory=),
+    # else the instance folder. Never the code's directory in production, which is
+    # read-only there (deploy/*.service).
+    "STATE_DIR": None,
     # Absolute base of the URLs handed out. Client headers (Host, X-Forwarded-*) are never
     # trusted for it: see README "Public URL".
     "PUBLIC_URL": "http://127.0.0.1:8000",
@@ -31,10 +36,24 @@ DEFAULTS: dict[str, object] = {
     # headers, the option fields): MAX_UPLOAD_SIZE is the file's limit, however it is
     # sent (vimeo_api/uploads.py; nginx.conf allows the same).
     "MULTIPART_OVERHEAD": 64 * 1024,
+    # A multipart body may carry small text fields beside the file; the file part itself
+    # goes to our own stream (see uploads.py), never to memory. werkzeug also holds each
+    # 64 KiB read of the body to this bound while it looks for the boundary, so it must
+    # be well above that. Flask's own default (500 kB) is set before these, so this must
+    # be a default here, not a setdefault later.
+    "MAX_FORM_MEMORY_SIZE": 128 * 1024,
+    # Parts one multipart request may have (Flask's default is 1,000): each file part is
+    # an open file, and an upload needs the file and three options.
+    "MAX_FORM_PARTS": 16,
     # Seconds. DEFAULT applies when the client gives no expiry; MAX caps what it may ask for
-    # (None: no cap, and ``never`` is allowed).
+    # (uploads and PATCH alike; ``never`` is refused while there is a cap). Anyone may
+    # upload, so by default nothing stays longer than 30 days; None or 0 lifts the cap.
     "DEFAULT_EXPIRES_IN": 7 * 24 * 3600,
-    "MAX_EXPIRES_IN": None,
+    "MAX_EXPIRES_IN": 30 * 24 * 3600,
+    # Bytes that must stay free on the storage's filesystem: an upload that would leave
+    # less is a 507 before its body is read, so the disk never fills (the database, logs
+    # and uploads under way need room too). 0: off.
+    "STORAGE_MIN_FREE_BYTES": 1024**3,
     # Bytes of a file stay on disk this long after it becomes gone, so that a transfer
     # nginx has just started is not cut short (the original product used 30 s).
     "DELETE_GRACE_SECONDS": 30,
@@ -106,8 +125,8 @@ DEFAULTS: dict[str, object] = {
     # (at most this many seconds) after its first MiB, so that a test can kill a worker
     # mid-chunk behind nginx (which hands chunks over at once). Keep it 0.
     "TEST_RESUMABLE_PAUSE": 0,
-    # Signed download tokens: a list of keys, the first signs and all verify. Empty: a
-    # random key generated once in the instance folder (set real keys in production).
+    # Signed download tokens: a list of keys (at least 32 characters each), the first
+    # signs and all verify. Empty: a random key made once in STATE_DIR.
     "TOKEN_SIGNING_KEYS": [],
     "TOKEN_DEFAULT_EXPIRES_IN": 300,
     "TOKEN_MAX_EXPIRES_IN": 86400,
@@ -136,7 +155,13 @@ DEFAULTS: dict[str, object] = {
     # Rate limits (vimeo_api/limits.py), in Flask-Limiter's notation. Uploads per client
     # address (room for scripted use); wrong passwords per file and client address.
     "UPLOAD_RATE_LIMIT": "600/minute",
+    # Bytes uploaded (and replaced) per client address, in the same notation: an amount of
+    # bytes per window. Keep it above MAX_UPLOAD_SIZE, or the largest uploads never pass.
+    "UPLOAD_BYTES_LIMIT": "1073741824/hour",
     "PASSWORD_RATE_LIMIT": "10/minute",
+    # Wrong passwords per client address across all files: each costs a slow hash, and
+    # an attacker can make password files of their own (each with its own budget above).
+    "PASSWORD_ADDRESS_RATE_LIMIT": "30/minute",
     # Where the counts live: memory:// (per process) on the embedded default, Redis in the
     # stack (redis://127.0.0.1:6379/2).
     "RATELIMIT_STORAGE_URI": "memory://",
@@ -180,11 +205,17 @@ def _derive(app) -> None:
     """Turn the project's settings into the ones Flask and its extensions read."""
     cfg = app.config
     if not cfg["DATABASE_URL"]:
-        # As Flask's tutorial does: the embedded default lives in the instance folder.
-        os.makedirs(app.instance_path, exist_ok=True)
+        # As Flask's tutorial does: the embedded default lives in the instance folder
+        # (its database and files are the service's alone).
+        os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
         cfg["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "vimeo_api.sqlite3")
     if not cfg["STORAGE_DIR"]:
         cfg["STORAGE_DIR"] = os.path.join(app.instance_path, "storage")
+    if not cfg["STATE_DIR"]:
+        # systemd may list several directories, separated by colons: the first is ours.
+        systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        cfg["STATE_DIR"] = systemd or app.instance_path
+    cfg["STATE_DIR"] = os.path.abspath(cfg["STATE_DIR"])
     if cfg["DATABASE_URL"].startswith(("postgresql://", "postgres://")):
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; this project ships psycopg2.
         cfg["DATABASE_URL"] = "postgresql+psycopg2://" + cfg["DATABASE_URL"].split("://", 1)[1]
@@ -197,9 +228,6 @@ def _derive(app) -> None:
     # werkzeug enforces this while the body streams: 413 before the limit is passed (a
     # multipart body may be MULTIPART_OVERHEAD larger: uploads.UploadRequest).
     cfg["MAX_CONTENT_LENGTH"] = int(cfg["MAX_UPLOAD_SIZE"])
-    # A multipart body may carry small text fields beside the file; the file part itself
-    # goes to our own stream (see uploads.py), never to memory.
-    cfg.setdefault("MAX_FORM_MEMORY_SIZE", 64 * 1024)
     cfg.setdefault("JSON_SORT_KEYS", False)
     cfg["CELERY"] = celery_settings(cfg)
     _redis_timeouts(cfg)

@@ -8,7 +8,8 @@
 2. ``http_semantics.decide`` says, in one pure step, whether the answer is a 304, a 412,
    a 416, or the content (200, 206);
 3. a GET that sends content uses a download in the domain (``files.consume_download``,
-   one atomic UPDATE that re-checks everything), after the sender found the bytes; or
+   one atomic UPDATE that re-checks everything, the access version the password was
+   checked under included), after the sender found the bytes; or
    it resumes, within ``RESUME_WINDOW``, a counted transfer of the same content by the
    same client, and uses none (``transfers``);
 4. the sender chosen at start-up (``delivery``) sends them, or has nginx send them, and
@@ -16,8 +17,9 @@
 
 The checks in 1 may come from the metadata cache; 3 never does. When the UPDATE refuses
 what possibly stale metadata allowed, the request runs once more on the database's
-current row: that answers 410 if the file is gone, or serves the content as it is now
-(its preconditions evaluated again) if it changed meanwhile. A request that may resume
+current row: that answers 410 if the file is gone, 401 if its password changed, or
+serves the content as it is now (its preconditions evaluated again) if it changed
+meanwhile. A request that may resume
 reads the database before it is decided.
 
 The landing page's Download button POSTs to the same URL (``serve_form``): the counted
@@ -195,7 +197,7 @@ def _answer(offer: Offer, *, form: bool = False) -> Response | None:
         if counted is not None:
             transfer = transfers.resume(counted, start)
         elif offer.consume:
-            if not files.consume_download(offer.file.id, nbytes, resource.sha256, start):
+            if not files.consume_download(offer.file.id, nbytes, resource.sha256, offer.access_version, start):
                 sender.discard(blob)
                 return None
             transfer = start.id if start else None

@@ -75,6 +75,13 @@ class FileGone(Gone):
         self.reason = reason
 
 
+class InsufficientStorage(HTTPException):
+    """507 (RFC 4918 §11.5), which werkzeug does not define: the storage cannot take it."""
+
+    code = 507
+    description = "The storage is full."
+
+
 def error_response(status: int, message: str | None = None, headers=None, **fields):
     """The one place an error body is built; ``fields`` add to it (a 410's ``reason``)."""
     body = {

@@ -7,7 +7,8 @@ The log is read with ``logtail`` (its position kept in
 ``<STORAGE_DIR>/fast-downloads.position``), which advances only after the counts are
 committed: a crash between the two counts that batch twice, a failed commit counts
 nothing and the batch is read again.
-Only files are counted; published versions use no downloads (SPEC 3.5).
+Only files are counted; published versions use no downloads (SPEC 3.5). The counts go
+to the domain (``files.count_late_downloads``), which also ends the files they use up.
 """
 
 from __future__ import annotations
@@ -17,11 +18,7 @@ import re
 from collections import Counter
 
 from flask import current_app
-from sqlalchemy import bindparam, update
-
-from . import logtail
-from .extensions import db
-from .models import File
+from . import files, logtail
 
 # One line: "/f/<ab>/<filehash>/<digest> <bytes>".
 _LINE = re.compile(rb"^/f/[0-9a-f]{2}/([0-9a-f]{32})/[0-9a-f]{32} (\d{1,18})$")
@@ -46,12 +43,5 @@ def _add(lines: bytes) -> int:
             downloads[filehash] += 1
             served[filehash] += int(match.group(2))
     if downloads:
-        table = File.__table__
-        db.session.execute(
-            update(table)
-            .where(table.c.filehash == bindparam("fh"))
-            .values(downloads=table.c.downloads + bindparam("n"), bytes_served=table.c.bytes_served + bindparam("b")),
-            [{"fh": fh, "n": n, "b": served[fh]} for fh, n in downloads.items()],
-        )
-        db.session.commit()
+        files.count_late_downloads({fh: (n, served[fh]) for fh, n in downloads.items()})
     return sum(downloads.values())

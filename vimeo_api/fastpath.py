@@ -20,14 +20,20 @@ def grant_file(shard, ident):
     if not grants.enabled() or not grants.ID.match(ident) or shard != ident[:2]:
         return _refuse()
     file = metacache.lookup(ident, files.find)
-    return _answer(grants.ensure_file(file) if file is not None else None)
+    # nginx trusts this answer: an existing grant is checked against the database too.
+    grant = grants.ensure_file(file, verify=True) if file is not None else None
+    if grant is None:
+        # Whatever grant is left (its writer's removal was lost) goes now, not at the
+        # sweep's audit: nginx then stops asking (no grant directory).
+        grants.revoke_files([ident], with_versions=False)
+    return _answer(grant)
 
 
 @bp.get("/_vimeo/grant/v/<shard>/<ident>")
 def grant_version(shard, ident):
     if not grants.enabled() or not grants.ID.match(ident) or shard != ident[:2]:
         return _refuse()
-    return _answer(grants.ensure_version(versions.find(ident)))
+    return _answer(grants.ensure_version(versions.find(ident), verify=True))
 
 
 @bp.get("/_vimeo/grant/<path:anything>")

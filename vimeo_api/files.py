@@ -144,6 +144,8 @@ def update_options(file: File, options: Options) -> File:
             if options.password is None
             else security.hash_password(options.password, cfg["PASSWORD_HASH_METHOD"])
         )
+        # In the UPDATE itself (concurrent changes each move it); refreshed on next read.
+        file.access_version = File.access_version + 1
     if options.expires_at is not UNSET:
         file.expires_at = options.expires_at
     if options.max_downloads is not UNSET:
@@ -161,7 +163,7 @@ def update_options(file: File, options: Options) -> File:
 # so that a download claimed in one statement needs no other read (claim_download).
 _META_COLUMNS = (
     "id", "filehash", "sha256", "size", "content_type", "filename", "modified_at", "expires_at",
-    "max_downloads", "downloads", "status", "gone_reason", "password_hash",
+    "max_downloads", "downloads", "status", "gone_reason", "password_hash", "access_version",
 )
 
 
@@ -187,7 +189,11 @@ def _consume_statement(*, claim: bool):
         served = t.c.size
         returning = [t.c[name] for name in _META_COLUMNS]
     else:
-        where += [t.c.id == bindparam("file_id"), t.c.sha256 == bindparam("expected_sha256")]
+        where += [
+            t.c.id == bindparam("file_id"),
+            t.c.sha256 == bindparam("expected_sha256"),
+            t.c.access_version == bindparam("expected_access_version"),
+        ]
         served = bindparam("nbytes")
         returning = [t.c.id, t.c.status, t.c.sha256, t.c.filehash]
     return (
@@ -303,13 +309,18 @@ def _hold() -> timedelta:
     return timedelta(seconds=current_app.config["RESUME_WINDOW"])
 
 
-def consume_download(file_id: int, nbytes: int, sha256: str, transfer: transfers.Start | None = None) -> bool:
+def consume_download(file_id: int, nbytes: int, sha256: str, access_version: int,
+                     transfer: transfers.Start | None = None) -> bool:
     """Use one download, atomically. False when none is left (or the file went gone,
-    expired, or changed content meanwhile): exactly one of many concurrent requests gets
-    the last one. ``sha256`` is the content the request's preconditions were checked
-    against; ``nbytes`` what it will send (counted in ``bytes_served``); ``transfer``, when
-    given, is recorded in the same transaction (its ``id`` is then set)."""
-    consumed = _consume(_CONSUME, _CONSUME_PG, {"file_id": file_id, "expected_sha256": sha256, "nbytes": nbytes})
+    expired, changed content or password meanwhile): exactly one of many concurrent
+    requests gets the last one. ``sha256`` is the content the request's preconditions
+    were checked against; ``access_version`` the one its password (or link) was checked
+    under, which may have come from the cache; ``nbytes`` what it will send (counted in
+    ``bytes_served``); ``transfer``, when given, is recorded in the same transaction (its
+    ``id`` is then set)."""
+    consumed = _consume(_CONSUME, _CONSUME_PG, {
+        "file_id": file_id, "expected_sha256": sha256, "expected_access_version": access_version, "nbytes": nbytes,
+    })
     if consumed is None:
         return False
     if transfer is not None:
@@ -349,6 +360,39 @@ def mark_gone(file_id: int, reason: str) -> bool:
     if released:
         events.announce_blobs_released([row.sha256])
     return True
+
+
+def count_late_downloads(counts: dict[str, tuple[int, int]]) -> int:
+    """Add downloads that were answered without the app (nginx's fast path, counted from
+    its log by the sweep): ``{filehash: (downloads, bytes)}``. A file they use up (a
+    limit set by PATCH since, counted from what was counted then) becomes gone,
+    downloaded, and releases its content, as its last download would have. One
+    transaction; returns how many files became gone."""
+    now = utcnow()
+    table = File.__table__
+    db.session.execute(
+        update(table)
+        .where(table.c.filehash == bindparam("fh"))
+        .values(downloads=table.c.downloads + bindparam("n"), bytes_served=table.c.bytes_served + bindparam("b")),
+        [{"fh": fh, "n": n, "b": nbytes} for fh, (n, nbytes) in counts.items()],
+    )
+    used_up = db.session.execute(
+        update(File)
+        .where(
+            File.filehash.in_(list(counts)),
+            File.status == FileStatus.AVAILABLE,
+            File.max_downloads > 0,
+            File.downloads >= File.max_downloads,
+        )
+        .values(status=FileStatus.GONE, gone_reason=GoneReason.DOWNLOADED, gone_at=now)
+        .returning(File.sha256, File.filehash)
+    ).all()
+    if used_up:
+        # No task per file: the sweep's release pass removes the bytes after the grace.
+        blobs.release_refs(Counter(row.sha256 for row in used_up), now)
+    db.session.commit()
+    events.announce_files_changed((row.filehash for row in used_up), versions=False)
+    return len(used_up)
 
 
 def expire_due(batch_size: int) -> int:

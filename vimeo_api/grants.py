@@ -33,6 +33,13 @@ from the database and remove the symlink again unless the row still has the dige
 state. A writer commits, then removes. Whichever way the two interleave, a grant never
 outlives the state it names: either the verification reads the writer's commit, or the
 writer's removal comes after the symlink was made.
+
+The database also has the last word when the removal itself is lost (a worker killed
+between its commit and its removal): nginx's grant subrequest verifies an existing grant
+against the row every time it asks (once a second per hot file, ``MAX_AGE``), whatever
+the metadata cache says, so such a grant ends within that second rather than at the
+sweep's audit. The digest includes the file's ``access_version``: a file that had a
+password added and removed again never matches a grant made before.
 """
 
 from __future__ import annotations
@@ -89,9 +96,11 @@ class Grant:
     def digest(self) -> str:
         r = self.resource
         expires = "" if self.expires_at is None else f"{self.expires_at.timestamp():.6f}"
+        # A version has no password: its access never changes.
+        access = str(getattr(r, "access_version", ""))
         state = "\0".join(
             [self.kind, self.ident, r.sha256, str(r.size), r.content_type, r.filename,
-             f"{r.modified_at.timestamp():.6f}", expires, self.klass]
+             f"{r.modified_at.timestamp():.6f}", expires, self.klass, access]
         )
         return hashlib.sha256(state.encode()).hexdigest()[:32]
 
@@ -149,22 +158,24 @@ def version_grant(found: tuple[Version, File] | None) -> Grant | None:
     return Grant("v", version.version_id, version, CacheClass.IMMUTABLE, file.expires_at)
 
 
-def ensure_file(file, klass: CacheClass | None = None) -> Grant | None:
-    """Make sure a shareable file has its grant (called on downloads the app answered)."""
-    return _ensure(file_grant(file, klass), lambda: file_grant(_fresh_file(file.filehash)))
+def ensure_file(file, klass: CacheClass | None = None, *, verify: bool = False) -> Grant | None:
+    """Make sure a shareable file has its grant (called on downloads the app answered).
+    ``verify``: check a grant that exists already against the database too (nginx's
+    subrequest, which trusts the answer)."""
+    return _ensure(file_grant(file, klass), lambda: file_grant(_fresh_file(file.filehash)), verify)
 
 
-def ensure_version(found: tuple[Version, File] | None) -> Grant | None:
-    return _ensure(version_grant(found), lambda: version_grant(_fresh_version(found[0].version_id)))
+def ensure_version(found: tuple[Version, File] | None, *, verify: bool = False) -> Grant | None:
+    return _ensure(version_grant(found), lambda: version_grant(_fresh_version(found[0].version_id)), verify)
 
 
-def _ensure(grant: Grant | None, reload) -> Grant | None:
+def _ensure(grant: Grant | None, reload, verify: bool = False) -> Grant | None:
     if grant is None or not enabled():
         return None
     path = os.path.join(_root(), grant.relpath)
     if os.path.lexists(path):
-        return grant
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        return _verified(grant, path, reload) if verify else grant
+    storage.make_dirs(os.path.dirname(path))
     blob = storage.current().nginx_file(grant.resource.sha256)
     if blob is None:
         return None  # nginx cannot serve this storage's blobs as files
@@ -174,8 +185,12 @@ def _ensure(grant: Grant | None, reload) -> Grant | None:
         pass
     except FileNotFoundError:
         return None  # a writer removed the directory meanwhile: no grant this time
-    # Verify against the database, in a new transaction (a snapshot taken before a
-    # writer's commit would not see it).
+    return _verified(grant, path, reload)
+
+
+def _verified(grant: Grant, path: str, reload) -> Grant | None:
+    """The grant if the database's row still has its state; else it is removed."""
+    # In a new transaction: a snapshot taken before a writer's commit would not see it.
     db.session.rollback()
     current = reload()
     if current is None or current.digest != grant.digest:

@@ -13,11 +13,19 @@ would count every app's requests in the storage of whichever app was made last.
 
 - Uploads: an application-wide limit shared by the upload routes, checked before the
   body is read (``UPLOAD_RATE_LIMIT``, default 600/minute: room for scripts).
+- Bytes uploaded (and replaced) per address over a window (``UPLOAD_BYTES_LIMIT``,
+  default 1 GiB an hour): checked against the declared length before the body is read,
+  and charged with the real size once it is, before anything is stored (a sliding
+  window counter, whose check-and-add is one step in Redis, so concurrent uploads cannot
+  overdraw it together).
 - Wrong passwords: only failures count, and the budget is checked before the password
   is hashed, so a client that used it up gets 429 without costing a slow hash, even
-  with the right password, until the window moves (``PASSWORD_RATE_LIMIT``, default
-  10/minute). Only password-protected files pay the storage round trip. Downloads and
-  the token-issuing route (which also accepts the password) share the budget.
+  with the right password, until the window moves. Two budgets: per file and address
+  (``PASSWORD_RATE_LIMIT``, default 10/minute: guessing one file's password), and per
+  address across all files (``PASSWORD_ADDRESS_RATE_LIMIT``, default 30/minute: each
+  failure costs a slow hash, and an attacker can make password files of their own, each
+  with a budget of its own). Only password-protected files pay the storage round trip.
+  Downloads and the token-issuing route (which also accepts the password) share them.
   Flask-Limiter's ``deduct_when`` would do the counting too, but as a route limit it
   would cost every download a round trip to Redis, password or not.
 
@@ -91,7 +99,8 @@ def init_app(app: Flask) -> Limiter:
         app.before_request_funcs.setdefault(blueprint, []).append(check_upload_limit)
 
     app.extensions["vimeo_limiter"] = limiter
-    app.extensions["vimeo_password_limiter"] = _PasswordBudget(limiter, app)
+    app.extensions["vimeo_password_limiter"] = _Budget(limiter, app)
+    app.extensions["vimeo_bytes_limiter"] = _Budget(limiter, app, strategy="sliding-window-counter")
     return limiter
 
 
@@ -111,27 +120,41 @@ class TooManyAttempts(TooManyRequests):
         return [*super().get_headers(environ, scope), *self.rate_headers]
 
 
-class _PasswordBudget:
-    """Failed password attempts per (file, client address), on the limiter's storage."""
+class _Budget:
+    """Counts of the app's own on the limiter's storage: failed password attempts, and
+    (``strategy="sliding-window-counter"``) bytes uploaded. On failure the counting goes
+    in-process for a while."""
 
-    def __init__(self, limiter: Limiter, app: Flask):
+    def __init__(self, limiter: Limiter, app: Flask, strategy: str | None = None):
         self.limiter = limiter
         self.app = app
+        self.strategy = strategy
         self.prefix = app.config.get("RATELIMIT_KEY_PREFIX") or ""
-        self.fallback = STRATEGIES[app.config.get("RATELIMIT_STRATEGY") or "moving-window"](MemoryStorage())
+        self.fallback = STRATEGIES[strategy or app.config.get("RATELIMIT_STRATEGY") or "moving-window"](MemoryStorage())
         self.breaker = Breaker("rate limit storage", lambda: float(app.config["CACHE_RETRY_AFTER"]), log)
+        self._primary = None
 
-    def keys(self, filehash: str) -> tuple[str, ...]:
-        return tuple(k for k in (self.prefix, "password", filehash, client_address()) if k)
+    def primary(self):
+        """Flask-Limiter's strategy on its storage, or this budget's own on that storage."""
+        if self.strategy is None:
+            return self.limiter.limiter
+        if self._primary is None:
+            self._primary = STRATEGIES[self.strategy](self.limiter.storage)
+        return self._primary
 
-    def call(self, method: str, item: RateLimitItem, keys):
+    def keys(self, filehash: str | None) -> tuple[str, ...]:
+        """Per file and address; ``None``: per address, across files."""
+        scope = ("password", filehash) if filehash is not None else ("password-any",)
+        return tuple(k for k in (self.prefix, *scope, client_address()) if k)
+
+    def call(self, method: str, item: RateLimitItem, keys, **options):
         """Ask the storage; on failure count in this process for a while (and say so once)."""
         if self.breaker.usable():
             try:
-                return getattr(self.limiter.limiter, method)(item, *keys)
+                return getattr(self.primary(), method)(item, *keys, **options)
             except Exception as exc:  # Redis down or hung: never a 500 for this
-                self.breaker.trip(exc, "counting wrong passwords in-process")
-        return getattr(self.fallback, method)(item, *keys)
+                self.breaker.trip(exc, "counting in-process")
+        return getattr(self.fallback, method)(item, *keys, **options)
 
 
 @functools.lru_cache(maxsize=16)
@@ -139,22 +162,65 @@ def _item(text: str) -> RateLimitItem:
     return parse(text)
 
 
-def check_password_attempts(filehash: str) -> None:
-    """429 when this client has used up its wrong-password budget for this file."""
-    budget: _PasswordBudget = current_app.extensions["vimeo_password_limiter"]
-    item = _item(current_app.config["PASSWORD_RATE_LIMIT"])
-    keys = budget.keys(filehash)
-    if budget.call("test", item, keys):
-        return
-    stats = budget.call("get_window_stats", item, keys)
-    raise TooManyAttempts(
-        "Too many wrong passwords for this file from this address; retry after Retry-After seconds.",
-        item,
-        stats.reset_time,
+def _budgets(filehash: str):
+    """(limit, keys, what a 429 says) of each wrong-password budget a check draws on."""
+    budget: _Budget = current_app.extensions["vimeo_password_limiter"]
+    cfg = current_app.config
+    return budget, (
+        (_item(cfg["PASSWORD_ADDRESS_RATE_LIMIT"]), budget.keys(None), "from this address"),
+        (_item(cfg["PASSWORD_RATE_LIMIT"]), budget.keys(filehash), "for this file from this address"),
     )
 
 
+def check_password_attempts(filehash: str) -> None:
+    """429 when this client has used up its wrong-password budget, across files or for
+    this file."""
+    budget, budgets = _budgets(filehash)
+    for item, keys, scope in budgets:
+        if not budget.call("test", item, keys):
+            stats = budget.call("get_window_stats", item, keys)
+            raise TooManyAttempts(
+                f"Too many wrong passwords {scope}; retry after Retry-After seconds.", item, stats.reset_time
+            )
+
+
 def record_failed_password(filehash: str) -> None:
-    """Count one wrong password for this file from this client."""
-    budget: _PasswordBudget = current_app.extensions["vimeo_password_limiter"]
-    budget.call("hit", _item(current_app.config["PASSWORD_RATE_LIMIT"]), budget.keys(filehash))
+    """Count one wrong password for this file from this client (in both budgets)."""
+    budget, budgets = _budgets(filehash)
+    for item, keys, _scope in budgets:
+        budget.call("hit", item, keys)
+
+
+# -- bytes uploaded ----------------------------------------------------------------------
+
+def _bytes_budget():
+    budget: _Budget = current_app.extensions["vimeo_bytes_limiter"]
+    item = _item(current_app.config["UPLOAD_BYTES_LIMIT"])
+    keys = tuple(k for k in (budget.prefix, "upload-bytes", client_address()) if k)
+    return budget, item, keys
+
+
+def _too_many_bytes(item: RateLimitItem) -> TooManyAttempts:
+    # A sliding window frees bytes gradually; its "reset" is when the first of them is
+    # free, too soon for an upload: retry when the window has moved on once.
+    return TooManyAttempts(
+        "Too many bytes uploaded from this address; retry after Retry-After seconds.",
+        item,
+        time.time() + item.get_expiry(),
+    )
+
+
+def check_upload_bytes(declared: int | None) -> None:
+    """429 before the body is read when this address has not ``declared`` bytes left."""
+    budget, item, keys = _bytes_budget()
+    if not budget.call("test", item, keys, cost=max(1, declared or 0)):
+        raise _too_many_bytes(item)
+
+
+def charge_upload_bytes(size: int) -> None:
+    """Take ``size`` bytes from this address's budget, or 429 (nothing is taken then)."""
+    if size <= 0:
+        return
+    budget, item, keys = _bytes_budget()
+    if not budget.call("hit", item, keys, cost=size):
+        raise _too_many_bytes(item)

@@ -1,6 +1,6 @@
 """Links beside a file's own URL: immutable published versions (SPEC 3.5) and
-short-lived signed tokens (SPEC 3.6); publishing and issuing, and their download routes,
-which go through the one download pipeline (``downloads``)."""
+short-lived signed tokens (SPEC 3.6); publishing, issuing and revoking, and their
+download routes, which go through the one download pipeline (``downloads``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from functools import partial
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest
 
-from . import access, downloads, signing, versions
+from . import access, download_tokens, downloads, signing, versions
 from .http_semantics import format_etag
 from .models import utcnow
 from .urls import API_PREFIX, absolute
@@ -53,7 +53,8 @@ def issue_token(filehash):
     if expires_in > cfg["TOKEN_MAX_EXPIRES_IN"]:
         raise BadRequest(f"expires_in is more than the maximum of {cfg['TOKEN_MAX_EXPIRES_IN']} seconds.")
     expires_at = math.ceil(utcnow().timestamp() + expires_in)
-    token = signing.issue(file.filehash, expires_at)
+    link_id = download_tokens.create(file, datetime.fromtimestamp(expires_at, timezone.utc))
+    token = signing.issue(link_id, expires_at)
     url = absolute(f"/t/{token}")
     response = jsonify(
         token=token,
@@ -65,9 +66,19 @@ def issue_token(filehash):
     return response
 
 
+@bp.delete("/file/<filehash>/tokens")
+def revoke_tokens(filehash):
+    """Revoke every live signed link of a file (owner only): ``{"revoked": n}``."""
+    file = access.owned(filehash, request)
+    response = jsonify(status="Links Revoked", revoked=download_tokens.revoke_for_file(file.id))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @bp.route("/t/<token>", methods=["GET", "HEAD"])
 def download_with_token(token):
-    """Tampered → 401, expired → 403, file gone → 410; uses a download like any other."""
+    """Tampered → 401, expired or revoked → 403, file gone → 410; uses a download like
+    any other."""
     return downloads.serve(partial(access.token_offer, token))
 
 

@@ -30,15 +30,20 @@ the storage directory, shared by every process, and every invalidation renews it
 of a per-file epoch. That is coarse (any change drops every process's entries) but
 right, and costs a small file read per lookup.
 
-Entries: ``meta:v1:<filehash>`` → ``(file_epoch, global_epoch, notfound_epoch, data)``
+Entries: ``meta:v2:<filehash>`` → ``[file_epoch, global_epoch, notfound_epoch, data]``
 where data is a dict of ``FileMeta`` fields, or ``None`` for an unknown hash (the cached
-404; a gone file's entry answers 410). An upload does not touch the cache: its filehash
+404; a gone file's entry answers 410).
+
+Every value is stored as JSON (``JsonSerializer``), never pickled as cachelib does by
+default: whoever can write to the cache's Redis can then make the API answer uncached,
+but cannot run code in it. An upload does not touch the cache: its filehash
 is 128 fresh random bits that no earlier request can have cached a 404 for.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -56,7 +61,7 @@ from .models import File, utcnow
 
 log = logging.getLogger(__name__)
 
-META = "meta:v1:"
+META = "meta:v2:"
 EPOCH = "epoch:"
 GLOBAL_EPOCH = "epoch:*global*"
 NOT_FOUND_EPOCH = "epoch:*404*"
@@ -92,6 +97,7 @@ class FileMeta:
     status: str
     gone_reason: str | None
     password_hash: str | None
+    access_version: int
 
     # One definition of availability for rows and cached copies alike.
     is_available = File.is_available
@@ -102,7 +108,51 @@ class FileMeta:
         return cls(**{f.name: getattr(file, f.name) for f in dataclasses.fields(cls)})
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """JSON's types only: the instants as ISO 8601 text."""
+        data = dataclasses.asdict(self)
+        for name in _INSTANTS:
+            if data[name] is not None:
+                data[name] = data[name].isoformat()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FileMeta:
+        """The inverse of ``as_dict``; TypeError or ValueError when it is not one."""
+        data = dict(data)
+        for name in _INSTANTS:
+            if data.get(name) is not None:
+                data[name] = datetime.fromisoformat(data[name])
+        return cls(**data)
+
+
+_INSTANTS = ("modified_at", "expires_at")
+
+
+class JsonSerializer:
+    """The cache's values as JSON, for cachelib's backends (``dumps``/``loads`` for Redis
+    and in-process caches, ``dump``/``load`` for files), instead of their pickle.
+
+    Not cachelib's JSONSerializer as it is: it logs a warning for every miss (Redis
+    answers None) and turns a value it cannot encode into a silent None. A value that is
+    not JSON (written by someone else, or by an older version) reads as a miss.
+    """
+
+    def dumps(self, value, *args, **kwargs) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    def loads(self, data, *args, **kwargs):
+        if data is None:
+            return None
+        try:
+            return json.loads(data)
+        except (TypeError, ValueError):
+            return None
+
+    def dump(self, value, f, *args, **kwargs) -> None:
+        f.write(self.dumps(value))
+
+    def load(self, f, *args, **kwargs):
+        return self.loads(f.read())
 
 
 class CacheUnavailable(Exception):
@@ -212,6 +262,8 @@ def init_app(app: Flask) -> None:
         # cachelib's FileSystemCache beside the epoch file, which every process reads.
         state.shared_records_dir = state.shared_epoch_file + "-purges"
     app.extensions["vimeo_metacache"] = state
+    # The backend Flask-Caching made for this app: its values go as JSON (see above).
+    app.extensions["cache"][cache].serializer = JsonSerializer()
     events.files_changed.connect(_on_files_changed)
 
     @app.after_request
@@ -281,7 +333,7 @@ def _write_shared_epoch(path: str) -> str:
     token = _token()
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-        with open(tmp, "wb") as fh:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
             fh.write(token.encode())
         os.replace(tmp, path)
     except OSError as exc:
@@ -326,7 +378,7 @@ def lookup(filehash: str, load: Callable[[str], object | None], *, fresh: bool =
     meta = FileMeta.of(file) if file is not None else None
     if epochs is not None:
         ttl = cfg["CACHE_META_TTL"] if meta is not None else cfg["CACHE_NOT_FOUND_TTL"]
-        value = (*epochs, meta.as_dict() if meta is not None else None)
+        value = [*epochs, meta.as_dict() if meta is not None else None]
         try:
             guarded(cache.set, meta_key, value, timeout=int(ttl))
         except CacheUnavailable:
@@ -357,7 +409,7 @@ def peek(filehash: str) -> tuple[bool, FileMeta | None]:
 
 def _use(entry, file_epoch, global_epoch, nf_epoch) -> tuple[bool, FileMeta | None]:
     """(True, meta) when the entry is current; (False, None) when it must be refilled."""
-    if not (isinstance(entry, tuple) and len(entry) == 4):
+    if not (isinstance(entry, list) and len(entry) == 4):
         return False, None
     e_file, e_global, e_nf, data = entry
     # A missing epoch (never written, evicted, cleared) matches nothing.
@@ -368,8 +420,8 @@ def _use(entry, file_epoch, global_epoch, nf_epoch) -> tuple[bool, FileMeta | No
             return False, None
         return True, None
     try:
-        return True, FileMeta(**data)
-    except TypeError:  # written by another version of this module
+        return True, FileMeta.from_dict(data)
+    except (TypeError, ValueError, AttributeError):  # written by another version of this module
         return False, None
 
 
@@ -518,5 +570,7 @@ def _records():
     if state.shared_records is None:
         from cachelib import FileSystemCache
 
-        state.shared_records = FileSystemCache(state.shared_records_dir, threshold=MAX_PURGE_RECORDS)
+        records = FileSystemCache(state.shared_records_dir, threshold=MAX_PURGE_RECORDS)
+        records.serializer = JsonSerializer()
+        state.shared_records = records
     return state.shared_records

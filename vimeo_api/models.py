@@ -54,7 +54,7 @@ class Blob(db.Model):
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
-    refcount: Mapped[int] = mapped_column(Integer, default=0)
+    refcount: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     release_after: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
@@ -73,8 +73,10 @@ class File(db.Model):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     password_hash: Mapped[str | None] = mapped_column(String(255))
     owner_token_hash: Mapped[str] = mapped_column(String(64))
-    max_downloads: Mapped[int] = mapped_column(Integer, default=1)
-    downloads: Mapped[int] = mapped_column(Integer, default=0)
+    # 64-bit: an unlimited public file's count passes 2**31 in a long life (nginx counts
+    # fast downloads late and in bulk).
+    max_downloads: Mapped[int] = mapped_column(BigInteger, default=1)
+    downloads: Mapped[int] = mapped_column(BigInteger, default=0)
     status: Mapped[str] = mapped_column(String(16), default=FileStatus.AVAILABLE, index=True)
     gone_reason: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -83,6 +85,11 @@ class File(db.Model):
     gone_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Bytes handed out by allowed downloads (what was asked for: the range, or all).
     bytes_served: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Moves on every change of the password (set, changed, removed). A decision made on
+    # metadata that may be cached names the version it saw; the UPDATE that uses a
+    # download requires it still current, so the database has the last word on the
+    # password too. Signed links carry the version they were issued under.
+    access_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     def is_available(self, now: datetime) -> bool:
         """Whether the URL may still serve: not gone, not expired, downloads left."""
@@ -99,6 +106,25 @@ class File(db.Model):
         if self.max_downloads and self.downloads >= self.max_downloads:
             return GoneReason.DOWNLOADED
         return None
+
+
+class DownloadToken(db.Model):
+    """A short-lived signed link (SPEC 3.6): what the token's random id stands for.
+
+    The token handed out carries only this id and its expiry, signed; the id is stored
+    hashed. The link works while its file's ``access_version`` is the one it was issued
+    under (a password change revokes it) and until its owner revokes it.
+    """
+
+    __tablename__ = "download_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), index=True)
+    access_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class VersionStatus:

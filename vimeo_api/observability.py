@@ -91,6 +91,11 @@ class Metrics:
             "vimeo_edge_bans", "BAN requests to edge caches (EDGE_PURGE_URLS), by outcome (done, failed).",
             ["outcome"], registry=registry,
         )
+        self.sweep_failures = Counter(
+            "vimeo_sweep_step_failures",
+            "Sweep steps that failed (the others ran), by step; the log has each trace.",
+            ["step"], registry=registry,
+        )
         self.sweep_last = Gauge(
             "vimeo_sweep_last_run_timestamp_seconds", "When the latest sweep finished (Unix time).",
             registry=registry, multiprocess_mode="max",
@@ -200,13 +205,15 @@ def record_sweep(report) -> None:
     metrics = current_metrics()
     if metrics is None:
         return
-    for kind, count in report.as_dict().items():
+    for kind, count in report.counts().items():
         if kind == "fast_downloads":  # work done, not work left
             metrics.fast_downloads.inc(count)
         elif kind == "transfers_finished":  # work done, and no backlog: nginx's log is read whole
             continue
         else:
             metrics.sweep_backlog.labels(kind).set(count)
+    for step in report.failed:
+        metrics.sweep_failures.labels(step).inc()
     metrics.sweep_last.set(time.time())
 
 

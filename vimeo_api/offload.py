@@ -15,14 +15,14 @@ import os
 import stat
 
 from flask import Request, current_app
-from werkzeug.exceptions import BadRequest, InternalServerError, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from . import storage
 
 log = logging.getLogger(__name__)
 
 BODY_FILE_HEADER = "X-Vimeo-Body-File"
-BODY_DIR = "nginx-body"
+BODY_DIR = storage.BODY_DIR
 
 
 def offloaded_body(request: Request) -> UploadFile | None:
@@ -34,10 +34,16 @@ def offloaded_body(request: Request) -> UploadFile | None:
         return None
     if not cfg["UPLOAD_OFFLOAD"]:
         if request.content_length is None and "chunked" not in request.headers.get("Transfer-Encoding", ""):
-            # nginx kept the body (nginx.conf's upload location) but this app does not
-            # adopt body files: storing the empty stream would lose the upload.
-            log.error("nginx offloads raw uploads but UPLOAD_OFFLOAD is off: set VIMEO_UPLOAD_OFFLOAD=1")
-            raise InternalServerError("Uploads are misconfigured on this server.")
+            # No body, and a header only nginx's upload location sets: either nginx kept
+            # the body and this app does not adopt body files (storing the empty stream
+            # would lose the upload), or a client sent the header to gunicorn directly.
+            # Either way the request cannot be served as sent: a 400, never a 500 a
+            # client could provoke. The warning tells an operator which it was.
+            log.warning(
+                "refused a raw upload naming a body file while UPLOAD_OFFLOAD is off "
+                "(behind an offloading nginx, set VIMEO_UPLOAD_OFFLOAD=1)"
+            )
+            raise BadRequest(f"{BODY_FILE_HEADER} is not accepted here: send the upload as the request body.")
         return None  # a client's header, beside a body of its own: read the body
     real = checked_body_path(path)
     try:

@@ -25,6 +25,14 @@ from flask import Flask, current_app
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1024 * 1024
+# Stored bytes are the service's own (password-protected files included): readable by its
+# user and group (nginx runs as the same user; a backup group may read), never by others.
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+# Where nginx writes raw upload bodies below the storage (nginx.conf's upload location,
+# rendered by deploy/stack.py): the app adopts them (offload.py); the sweep removes what a
+# crash left.
+BODY_DIR = "nginx-body"
 # nginx.conf's internal locations for X-Accel-Redirect: the blobs, and the same blobs
 # where nginx ignores a Range (an answer the app decided is the whole file).
 ACCEL_PREFIX = "/_vimeo_blobs/"
@@ -74,6 +82,10 @@ class Storage:
     def check(self) -> None:
         """Raise when the storage cannot take a write (the readiness probe)."""
         raise NotImplementedError
+
+    def free_bytes(self) -> int | None:
+        """Bytes an upload may still take on the storage, None when it cannot tell."""
+        return None
 
     def accel_path(self, sha256: str, *, whole: bool = False) -> str:
         """The X-Accel-Redirect target through which nginx sends this blob."""
@@ -158,14 +170,25 @@ class UploadFile:
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        if not self.placed:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+        """Release the file; one that was not placed is removed, whatever happens.
 
+        Closing flushes what is still buffered, which fails on a full disk (ENOSPC): for
+        bytes being discarded that failure is moot, and raising it here (the request's
+        teardown) dropped the connection instead of the 507 already answered, and left
+        the temporary file behind for hours.
+        """
+        try:
+            if not self._file.closed:
+                self._file.close()
+        except OSError:
+            if self.placed:
+                raise
+        finally:
+            if not self.placed:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
 
     def __enter__(self):
         return self
@@ -181,10 +204,16 @@ class LocalStorage(Storage):
         self.root = root
         self.tmp_dir = os.path.join(root, "tmp")
         self.blob_dir = os.path.join(root, "blobs")
+        self.body_dir = os.path.join(root, BODY_DIR)
 
     def ensure_dirs(self) -> None:
+        os.makedirs(self.root, mode=DIR_MODE, exist_ok=True)
+        # A storage made by an older version (0755) is closed to others here: what is
+        # below a closed directory cannot be reached, whatever its own mode.
+        if os.stat(self.root).st_mode & 0o007:
+            os.chmod(self.root, DIR_MODE)
         os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
-        os.makedirs(self.blob_dir, mode=0o755, exist_ok=True)
+        os.makedirs(self.blob_dir, mode=DIR_MODE, exist_ok=True)
 
     def new_upload(self) -> UploadFile:
         self.ensure_dirs()
@@ -230,8 +259,8 @@ class LocalStorage(Storage):
             upload.close()
             return False
         upload.finish()
-        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
-        os.chmod(upload.path, 0o644)
+        make_dirs(os.path.dirname(target))
+        os.chmod(upload.path, FILE_MODE)
         os.utime(upload.path, (mtime, mtime))
         os.replace(upload.path, target)
         upload.placed = True
@@ -262,13 +291,16 @@ class LocalStorage(Storage):
                     yield name
 
     def remove_stale_uploads(self, older_than: float) -> int:
-        """Delete temporary upload files left by killed processes; returns how many."""
+        """Delete temporary upload files left by killed processes, and raw bodies nginx
+        left in ``nginx-body/`` when it or the app died mid-request; returns how many."""
         removed = 0
         cutoff = time.time() - older_than
-        try:
-            entries = list(os.scandir(self.tmp_dir))
-        except FileNotFoundError:
-            return 0
+        entries = []
+        for directory in (self.tmp_dir, self.body_dir):
+            try:
+                entries += os.scandir(directory)
+            except FileNotFoundError:
+                pass
         for entry in entries:
             try:
                 if entry.is_file() and entry.stat().st_mtime < cutoff:
@@ -278,11 +310,31 @@ class LocalStorage(Storage):
                 pass
         return removed
 
+    def free_bytes(self) -> int:
+        self.ensure_dirs()
+        st = os.statvfs(self.root)
+        # f_bavail: what an unprivileged writer may use (root's reserve excluded).
+        return st.f_bavail * st.f_frsize
+
     def check(self) -> None:
         self.ensure_dirs()
         with self.new_upload() as probe:
             probe.write(b"ok")
             probe.finish()
+
+
+def make_dirs(path: str, mode: int = DIR_MODE) -> None:
+    """``os.makedirs`` with ``mode`` for every directory it makes (it gives the mode to
+    the last one only, and the umask's to those above it)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent != path:
+        make_dirs(parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
 
 
 def _fsync_dir(path: str) -> None:

@@ -7,6 +7,11 @@ past their expiry are removed, stored bytes that no row knows are adopted as rel
 blobs, and blobs nothing uses whose grace is over lose their
 bytes. The orphan scan walks the whole storage directory, so it runs less often
 (``ORPHAN_SWEEP_INTERVAL``) than the rest (``SWEEP_INTERVAL``).
+
+Each step runs on its own: one that fails (nginx's log unreadable, a batch that keeps
+failing) is logged with its trace, named in the report's ``failed`` and counted in the
+metrics, and the steps after it still run, so expiry and the reclaiming of space never
+wait on counting downloads.
 """
 
 from __future__ import annotations
@@ -15,12 +20,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from flask import current_app
 from sqlalchemy.exc import DBAPIError
 
-from . import blobs, fastcount, files, grants, observability, resumable, storage, transfer_log, versions
+from . import blobs, download_tokens, fastcount, files, grants, observability, resumable, storage, transfer_log, versions
 from .extensions import db
 from .models import utcnow
 
@@ -44,9 +49,16 @@ class SweepReport:
     # Unfinished resumable (tus) uploads past Upload-Expires, and completed ones whose
     # answer to HEAD is no longer kept: bytes and rows.
     expired_uploads: int = 0
+    expired_links: int = 0
+    # The steps that failed (logged with their traces); the others ran.
+    failed: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def counts(self) -> dict[str, int]:
+        """What each step did (or found to do), without ``failed``."""
+        return {k: v for k, v in asdict(self).items() if k != "failed"}
 
 
 def run(batch_size: int | None = None, orphans: bool = True) -> SweepReport:
@@ -55,20 +67,32 @@ def run(batch_size: int | None = None, orphans: bool = True) -> SweepReport:
     cfg = current_app.config
     batch_size = batch_size or cfg["SWEEP_BATCH_SIZE"]
     report = SweepReport()
-    report.fast_downloads = fastcount.count_served()
-    report.transfers_finished = transfer_log.read()
-    report.expired = drain(files.expire_due, batch_size)
-    report.stale_grants = grants.audit(batch_size)
-    report.retired = drain(versions.retire_due, batch_size)
-    report.stale_uploads = storage.current().remove_stale_uploads(cfg["STALE_UPLOAD_SECONDS"])
-    report.expired_uploads = drain(resumable.remove_expired, batch_size)
+    steps: list[tuple[str, Callable[[], int]]] = [
+        ("fast_downloads", fastcount.count_served),
+        ("transfers_finished", transfer_log.read),
+        ("expired", lambda: drain(files.expire_due, batch_size)),
+        ("stale_grants", lambda: grants.audit(batch_size)),
+        ("retired", lambda: drain(versions.retire_due, batch_size)),
+        ("stale_uploads", lambda: storage.current().remove_stale_uploads(cfg["STALE_UPLOAD_SECONDS"])),
+        ("expired_uploads", lambda: drain(resumable.remove_expired, batch_size)),
+        ("expired_links", lambda: drain(download_tokens.delete_expired, batch_size)),
+    ]
     if orphans:
-        report.orphans = remove_orphans(batch_size, cfg["STALE_UPLOAD_SECONDS"])
-        # Resumable uploads' bytes that no row knows are temporary files like the above.
-        report.stale_uploads += resumable.remove_orphans(cfg["STALE_UPLOAD_SECONDS"])
-    # Last, so that orphans adopted just now lose their bytes in this same sweep.
-    report.released = drain(blobs.release_due, batch_size)
-    if any(asdict(report).values()):
+        steps.append(("orphans", lambda: remove_orphans(batch_size, cfg["STALE_UPLOAD_SECONDS"])))
+        # Resumable uploads' bytes that no row knows are temporary files like stale uploads.
+        steps.append(("stale_uploads", lambda: report.stale_uploads
+                      + resumable.remove_orphans(cfg["STALE_UPLOAD_SECONDS"])))
+    # Last, so that orphans adopted (and files used up by late counts) lose their bytes
+    # in this same sweep.
+    steps.append(("released", lambda: drain(blobs.release_due, batch_size)))
+    for name, step in steps:
+        try:
+            setattr(report, name, step())
+        except Exception:  # each step on its own: the next ones still run
+            db.session.rollback()
+            log.exception("sweep step %s failed; the other steps ran", name)
+            report.failed.append(name)
+    if any(report.counts().values()) or report.failed:
         log.info("sweep: %s", report.as_dict())
     observability.record_sweep(report)
     return report

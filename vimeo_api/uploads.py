@@ -11,9 +11,12 @@ import mimetypes
 import re
 
 from flask import Request, current_app
-from werkzeug.exceptions import BadRequest, ClientDisconnected, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException, RequestEntityTooLarge
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import get_input_stream
 
 from . import offload, storage
+from .errors import InsufficientStorage
 from .storage import UploadFile
 
 # Content types that say nothing about the content: the filename decides instead.
@@ -22,7 +25,8 @@ _MIME = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]
 
 
 class UploadRequest(Request):
-    """Flask's request, with file parts streamed to the storage filesystem.
+    """Flask's request, the app's request class, with file parts streamed to the storage
+    filesystem and a body the client garbled answered ``400``, never ``500``.
 
     Every upload file it hands out is closed with the request: one that was not placed
     is removed, even when the parser failed half-way through a part (a client that hung
@@ -44,6 +48,24 @@ class UploadRequest(Request):
     def max_content_length(self, value: int | None) -> None:
         Request.max_content_length.fset(self, value)
 
+    @cached_property
+    def stream(self):
+        """werkzeug's guarded stream (Content-Length, MAX_CONTENT_LENGTH), over an input
+        whose read failures are the client's (``ClientBody``)."""
+        environ = {**self.environ, "wsgi.input": ClientBody(self.environ["wsgi.input"])}
+        return get_input_stream(environ, max_content_length=self.max_content_length)
+
+    def get_json(self, force=False, silent=False, cache=True):
+        """Flask's, with JSON nested too deeply for the parser counted as malformed:
+        ``json.loads`` raises RecursionError there, which Flask lets through (it catches
+        ValueError only), so ``silent=True`` did not silence it."""
+        try:
+            return super().get_json(force=force, silent=silent, cache=cache)
+        except RecursionError:
+            if silent:
+                return None
+            raise BadRequest("The JSON body is nested too deeply.") from None
+
     def new_upload(self) -> UploadFile:
         upload = storage.current().new_upload()
         self.__dict__.setdefault("_uploads", []).append(upload)
@@ -58,6 +80,49 @@ class UploadRequest(Request):
         finally:
             for upload in self.__dict__.get("_uploads", ()):
                 upload.close()
+
+
+class ClientBody:
+    """The WSGI input, whose read failures are the client's ``400``.
+
+    werkzeug turns an OSError or ValueError of the server's input into a 400
+    (ClientDisconnected), but gunicorn reports a malformed chunked body with exceptions
+    of its own (``InvalidChunkSize``, ``ChunkMissingTerminator``…, neither of those), which
+    reached the app's error handler as a 500. The app does not import the server: any
+    failure to read what the client sent is the client's.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def read(self, *args):
+        return self._guard(self._stream.read, *args)
+
+    def readline(self, *args):
+        return self._guard(self._stream.readline, *args)
+
+    @staticmethod
+    def _guard(read, *args):
+        try:
+            return read(*args)
+        except HTTPException:
+            raise
+        except Exception:  # the server's parse error for the client's bytes
+            raise BadRequest(
+                "The request body could not be read; check its framing (Content-Length or chunked encoding)."
+            ) from None
+
+
+def ensure_room(request: Request) -> None:
+    """507 before the body is read when storing it would leave less than
+    ``STORAGE_MIN_FREE_BYTES`` free on the storage (the declared length counts; a body
+    nginx has written already is on the disk)."""
+    minimum = int(current_app.config["STORAGE_MIN_FREE_BYTES"] or 0)
+    if not minimum:
+        return
+    free = storage.current().free_bytes()
+    if free is not None and free - (request.content_length or 0) < minimum:
+        raise InsufficientStorage("The storage is nearly full (it keeps some space free); retry later.")
 
 
 def multipart_file(request: Request) -> tuple[UploadFile, str, str | None]:

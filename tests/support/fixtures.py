@@ -64,6 +64,7 @@ def make_app(tmp_path, request):
             "TESTING": True,
             "DATABASE_URL": url,
             "STORAGE_DIR": str(tmp_path / "storage"),
+            "STATE_DIR": str(tmp_path / "state"),
             "PUBLIC_URL": PUBLIC_URL,
             "EMBEDDED_SWEEP_INTERVAL": 0,
             "PASSWORD_HASH_METHOD": FAST_PASSWORD_HASH,

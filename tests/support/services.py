@@ -133,6 +133,7 @@ class LiveServer:
         self.env = gunicorn_environment(clean_environment(
             VIMEO_DATABASE_URL=db_url,
             VIMEO_STORAGE_DIR=storage_dir,
+            VIMEO_STATE_DIR=Path(storage_dir).parent / f"state-{self.port}",
             VIMEO_PUBLIC_URL=self.base,
             VIMEO_PASSWORD_HASH_METHOD=FAST_PASSWORD_HASH,
         ), self.port, workers, threads)
@@ -157,17 +158,19 @@ class PrivateRedis:
     (a restart loses every message it held, as an outage of the broker can), or freeze
     (SIGSTOP: it accepts connections and never answers, like a hung server)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, password: str | None = None):
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed: these tests need a real Redis")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.password = password  # requirepass: clients must give it (in the URL)
         self.service: Service | None = None
         self.frozen = False
 
     def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
     def client(self, db: int = 0) -> redis.Redis:
         return redis.Redis.from_url(self.url(db), socket_timeout=2)
@@ -177,6 +180,7 @@ class PrivateRedis:
         argv = [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+            *(["--requirepass", self.password] if self.password else []),
         ]
         self.service = Service("redis", argv, dict(os.environ), self.directory / f"redis-{self.port}.log")
         wait_until(self._pings, 10, f"redis on port {self.port} did not start")

@@ -184,6 +184,7 @@ def start_stack(root: Path, db_url: str, *, public_url: str = PUBLIC_URL, delive
     env = gunicorn_environment(clean_environment(
         VIMEO_DATABASE_URL=db_url,
         VIMEO_STORAGE_DIR=root / "storage",
+        VIMEO_STATE_DIR=root / "state",
         VIMEO_PUBLIC_URL=public_url,
         VIMEO_DELIVERY=delivery,
         VIMEO_UPLOAD_OFFLOAD="1" if offload else "0",
@@ -203,6 +204,10 @@ def start_stack(root: Path, db_url: str, *, public_url: str = PUBLIC_URL, delive
         # The conformance suite uploads from one address faster than the default allows
         # (tests/test_limits.py checks the limit itself).
         VIMEO_UPLOAD_RATE_LIMIT="100000/minute",
+        VIMEO_UPLOAD_BYTES_LIMIT=f"{1 << 40}/hour",
+        # ... and sends wrong passwords to many files from one address within a minute
+        # (each file's own budget stays the default; tests/test_limits.py checks both).
+        VIMEO_PASSWORD_ADDRESS_RATE_LIMIT="100000/minute",
         VIMEO_FAST_PATH_LOG=root / "log" / FAST_DOWNLOADS_LOG,
         VIMEO_TRANSFER_LOG=root / "log" / TRANSFERS_LOG,
     ), app_port, workers=2, threads=4)
@@ -250,6 +255,7 @@ class WorkerStack:
         self.env = clean_environment(
             VIMEO_DATABASE_URL=self.db_url,
             VIMEO_STORAGE_DIR=self.storage_dir,
+            VIMEO_STATE_DIR=root / "state",
             # Redis as the stack uses it: broker, cache and rate limits (deploy/vimeo.env.example).
             VIMEO_BROKER_URL=self.redis.url(0),
             VIMEO_CACHE_TYPE="RedisCache",

@@ -135,7 +135,7 @@ def test_one_sweep_expires_releases_and_cleans_up(no_grace):
     assert store.exists(twin.sha256) and blob(twin.sha256).refcount == 1
     for file in expired[1:]:
         assert blob(file.sha256) is None and not store.exists(file.sha256)
-    assert sweep.run(batch_size=2).as_dict() == dict.fromkeys(report.as_dict(), 0)
+    assert sweep.run(batch_size=2).counts() == dict.fromkeys(report.counts(), 0)
 
 
 def test_an_orphan_uploaded_again_before_its_release_is_kept(no_grace):
@@ -239,3 +239,67 @@ def test_celery_settings_bound_every_wait_on_redis():
         {**config.DEFAULTS, "BROKER_URL": "redis://x/0", "CELERY_OVERRIDES": {"worker_prefetch_multiplier": 4}}
     )
     assert overridden["worker_prefetch_multiplier"] == 4
+
+
+# -- issue 13, item 10 ------------------------------------------------------------------------
+
+def test_a_failing_step_does_not_stop_the_others(make_app, tmp_path, caplog):
+    """Counting nginx's downloads fails (its log path is a directory): expiry, releases
+    and the rest still run, and the failure is logged and reported."""
+    unreadable = tmp_path / "a-directory"
+    unreadable.mkdir()
+    app = make_app(FAST_PATH=True, FAST_PATH_LOG=str(unreadable), DELETE_GRACE_SECONDS=0)
+    with app.app_context():
+        file = new_file(b"due")
+        expire_now(file)
+        with caplog.at_level(logging.ERROR, logger="vimeo_api.sweep"):
+            report = sweep.run()
+        assert report.failed == ["fast_downloads"]
+        assert (report.expired, report.released) == (1, 1)
+        assert statuses()[file.id] == ("gone", "expired")
+        assert not storage.current().exists(file.sha256)
+    assert any("fast_downloads" in r.getMessage() and r.exc_info for r in caplog.records)
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["files", "sweep", "--json"])
+    assert result.exit_code == 1
+    assert '"failed": ["fast_downloads"]' in result.output and "fast_downloads" in result.output.splitlines()[-1]
+
+
+def test_files_used_up_by_late_counting_release_their_content(make_app, tmp_path):
+    """A public file's downloads nginx answered are counted by the sweep; a limit set by
+    PATCH meanwhile makes the file used up then: gone (downloaded), its blob released."""
+    log = tmp_path / "fast-downloads.log"
+    app = make_app(FAST_PATH=True, FAST_PATH_LOG=str(log), DELETE_GRACE_SECONDS=0)
+    client = app.test_client()
+    with app.app_context():
+        file = new_file(b"counted late", max_downloads=0)
+        kept = new_file(b"still within", max_downloads=0)
+        file.max_downloads = 3  # a PATCH after the fast downloads, before they were counted
+        kept.max_downloads = 10
+        db.session.commit()
+        filehash, kept_hash, sha = file.filehash, kept.filehash, file.sha256
+    lines = [f"/f/{fh[:2]}/{fh}/{'d' * 32} 12\n" for fh in [filehash] * 5 + [kept_hash] * 2]
+    log.write_text("".join(lines))
+    with app.app_context():
+        report = sweep.run()
+        assert report.fast_downloads == 7 and report.failed == []
+        rows = db.session.execute(text("SELECT filehash, downloads, status, gone_reason FROM files")).all()
+        assert {r.filehash: tuple(r[1:]) for r in rows} == {
+            filehash: (5, "gone", "downloaded"), kept_hash: (2, "available", None)}
+        assert blob(sha) is None and not storage.current().exists(sha)  # released in the same sweep
+    assert client.head(f"/vimeo/api/v1.0/file/{filehash}").status_code == 410
+
+
+def test_nginx_body_files_left_by_a_crash_are_removed(make_app):
+    app = make_app(STALE_UPLOAD_SECONDS=600)
+    with app.app_context():
+        body_dir = os.path.join(app.config["STORAGE_DIR"], "nginx-body")
+        os.makedirs(body_dir)
+        old, young = os.path.join(body_dir, "0000000001"), os.path.join(body_dir, "0000000002")
+        for path in (old, young):
+            with open(path, "wb") as fh:
+                fh.write(b"a body nginx kept")
+        os.utime(old, (time.time() - 3600, time.time() - 3600))
+        report = sweep.run()
+        assert report.stale_uploads == 1
+        assert sorted(os.listdir(body_dir)) == ["0000000002"]
