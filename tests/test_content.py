@@ -170,7 +170,7 @@ def _readable_payload(token: str):
 def test_a_token_does_not_reveal_the_files_permanent_url(target):
     """Issue 13: a link's holder must not rebuild /file/<filehash> from it, to download
     there once the link has expired."""
-    up = target.upload(b"secret report", "r.txt", max_downloads=0, password="pw").json()
+    up = upload(target, b"secret report", "r.txt", max_downloads=0, password="pw")
     body = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up), json={"expires_in": 60}).json()
     payload = _readable_payload(body["token"])
     assert set(payload) == {"t", "e"}
@@ -182,7 +182,7 @@ def test_a_token_does_not_reveal_the_files_permanent_url(target):
 
 
 def test_a_password_change_revokes_the_files_links(target):
-    up = target.upload(b"guarded", "g.txt", max_downloads=0, password="old").json()
+    up = upload(target, b"guarded", "g.txt", max_downloads=0, password="old")
     by_owner = target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up)).json()["url"]
     by_password = target.request("POST", f"/file/{up['filehash']}/tokens", headers={"X-Password": "old"}).json()["url"]
     assert target.request("GET", by_owner).status == 200
@@ -201,8 +201,8 @@ def test_a_password_change_revokes_the_files_links(target):
 
 
 def test_the_owner_revokes_every_link_of_a_file(target):
-    up = target.upload(b"shared", "s.txt", max_downloads=0).json()
-    other = target.upload(b"other", "o.txt", max_downloads=0).json()
+    up = upload(target, b"shared", "s.txt", max_downloads=0)
+    other = upload(target, b"other", "o.txt", max_downloads=0)
     urls = [target.request("POST", f"/file/{up['filehash']}/tokens", headers=_owner(up)).json()["url"] for _ in range(3)]
     kept = target.request("POST", f"/file/{other['filehash']}/tokens", headers=_owner(other)).json()["url"]
     revoke = f"/file/{up['filehash']}/tokens"

@@ -127,7 +127,7 @@ def test_without_a_resume_window_a_used_up_file_keeps_its_bytes_for_the_grace_pe
     with app.app_context():
         file, _ = new_file(b"once, no resuming")
         before = utcnow()
-        assert files.consume_download(file.id, file.size, file.sha256) is True
+        assert files.consume_download(file.id, file.size, file.sha256, file.access_version) is True
         # Bytes stay for the grace period (DELETE_GRACE_SECONDS, 30 s by default).
         released = blob(file.sha256)
         assert before + timedelta(seconds=29) <= released.release_after <= utcnow() + timedelta(seconds=30)

@@ -506,13 +506,13 @@ def test_manage_uploads_list_and_abort(tus_app):
 
 
 def test_a_rotated_signing_key_withholds_the_owner_token_rather_than_tell_a_wrong_one(make_app):
-    app = make_app(backend="sqlite", TOKEN_SIGNING_KEYS=["old-key"])
+    app = make_app(backend="sqlite", TOKEN_SIGNING_KEYS=["old-key-" + "o" * 32])
     target = _flask_target(app)
     location = created(target, 3)
     token = patch(target, location, 0, b"abc").headers["X-Owner-Token"]
     with app.app_context():
         assert resumable.owner_token(upload_id(location)) == token
-    rotated = make_app(backend="sqlite", TOKEN_SIGNING_KEYS=["new-key", "old-key"])
+    rotated = make_app(backend="sqlite", TOKEN_SIGNING_KEYS=["new-key-" + "n" * 32, "old-key-" + "o" * 32])
     answer = head(_flask_target(rotated), location)
     assert answer.headers["X-File-Url"] and "X-Owner-Token" not in answer.headers
     with app.app_context():

@@ -25,7 +25,8 @@ def admit_body():
     """Before a body is read: not over MAX_UPLOAD_SIZE (413, whatever the rest), room on
     the storage (507), bytes left for this address (429)."""
     if request.endpoint in STORING:
-        if (request.content_length or 0) > current_app.config["MAX_CONTENT_LENGTH"]:
+        # The request's own limit: a multipart body may carry MULTIPART_OVERHEAD more.
+        if (request.content_length or 0) > (request.max_content_length or 0):
             raise RequestEntityTooLarge()
         ensure_room(request)
         # A multipart body's length counts its framing and fields too: only a raw body's
