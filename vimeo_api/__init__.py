@@ -17,6 +17,7 @@ from . import config, delivery, grants, limits, logs, metacache, observability, 
 from .celery_app import celery_init_app
 from .errors import register_error_handlers
 from .extensions import cache, db
+from .storage_s3 import S3Storage
 from .uploads import UploadRequest
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
@@ -32,7 +33,8 @@ def create_app(test_config: dict | None = None, *, migrations: bool = True) -> F
     app.request_class = UploadRequest
     register_extensions(app, migrations=migrations)
     register_blueprints(app)
-    register_error_handlers(app)
+    # A store that does not answer is a 503 with Retry-After, as a database that is down.
+    register_error_handlers(app, unavailable={storage.StorageUnavailable: "The storage is unavailable; retry shortly."})
     register_request_hooks(app)
     register_commands(app)
     return app
@@ -46,7 +48,8 @@ def register_extensions(app: Flask, *, migrations: bool = True) -> None:
 
         Migrate(app, db, directory=MIGRATIONS)
     cache.init_app(app)
-    storage.init_app(app)
+    # The backends STORAGE_URL may name, by scheme (no URL: the local directory).
+    storage.init_app(app, {"s3": S3Storage.from_config})
     delivery.init_app(app)
     # The domain's listeners: the metadata cache, nginx's grants and the task queue.
     metacache.init_app(app)

@@ -1,8 +1,9 @@
 """Reading an upload out of a request, multipart or raw, in one streaming pass.
 
 werkzeug's multipart parser asks ``Request._get_file_stream`` where to write each file
-part; we hand it an ``UploadFile`` on the storage filesystem that hashes as it writes, so
-a multipart upload is never spooled to /tmp or copied a second time.
+part; we hand it the storage's ``Upload`` (a file on the storage filesystem, or a
+multipart upload to the bucket) that hashes as it writes, so a multipart upload is never
+spooled to /tmp or copied a second time.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from flask import Request, current_app
 from werkzeug.exceptions import BadRequest, ClientDisconnected
 
 from . import offload, storage
-from .storage import UploadFile
+from .storage import Upload
 
 # Content types that say nothing about the content: the filename decides instead.
 _UNSPECIFIC = {"", "application/octet-stream", "application/x-www-form-urlencoded", "binary/octet-stream"}
@@ -29,7 +30,7 @@ class UploadRequest(Request):
     up) and the part never reached ``request.files``.
     """
 
-    def new_upload(self) -> UploadFile:
+    def new_upload(self) -> Upload:
         upload = storage.current().new_upload()
         self.__dict__.setdefault("_uploads", []).append(upload)
         return upload
@@ -45,7 +46,7 @@ class UploadRequest(Request):
                 upload.close()
 
 
-def multipart_file(request: Request) -> tuple[UploadFile, str, str | None]:
+def multipart_file(request: Request) -> tuple[Upload, str, str | None]:
     """The uploaded part named ``file``, else the first file part → (upload, filename, type)."""
     files = request.files
     part = files.get("file")
@@ -54,12 +55,12 @@ def multipart_file(request: Request) -> tuple[UploadFile, str, str | None]:
     if part is None or not part.filename:
         raise BadRequest("No file was sent: use a multipart part named 'file' (curl -F file=@path).")
     upload = part.stream
-    if not isinstance(upload, UploadFile):  # defensive: never accept an in-memory part
+    if not isinstance(upload, Upload):  # defensive: never accept an in-memory part
         raise BadRequest("The file part could not be read.")
     return upload, part.filename, part.mimetype
 
 
-def raw_body(request: Request) -> UploadFile:
+def raw_body(request: Request) -> Upload:
     """Copy a raw PUT body into an upload file, chunk by chunk (in the stack nginx has
     already written it to the storage filesystem: see offload.py)."""
     offloaded = offload.offloaded_body(request)
