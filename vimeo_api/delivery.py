@@ -7,7 +7,8 @@ blob, with sendfile for whole files when the server offers it; range and multipa
 answers are built here.
 
 ``AccelSender`` (``DELIVERY = "accel"``, the stack): the app answers
-``X-Accel-Redirect`` and nginx sends the bytes, ranges included. nginx copies only a few
+``X-Accel-Redirect`` and nginx sends the bytes, ranges included, from the blob's file or
+from the bucket (a presigned GET nginx proxies; the storage says which). nginx copies only a few
 of the app's headers on such a redirect (Content-Type, Content-Disposition,
 Cache-Control, Expires, Set-Cookie, Accept-Ranges) and drops ETag and Last-Modified, so
 the validators and the cache class travel under private ``X-File-*`` names that the
@@ -56,10 +57,20 @@ def current() -> Sender:
 
 
 class AppSender(Sender):
-    """The app streams the bytes itself."""
+    """The app streams the bytes itself.
+
+    A whole file is one ``open``; a range is opened as that range (a bucket reads it
+    with a ranged GET, memory stays flat), and the ranges of a multipart answer are
+    opened one after another, so nothing here seeks in a stream that cannot.
+    """
 
     def prepare(self, sha256: str, decision: Decision):
-        return storage.current().open(sha256)
+        store = storage.current()
+        if decision.status == 206:
+            # The first range now (its bytes must be there before a download is used).
+            start, stop = decision.ranges[0]
+            return _Ranges(store, sha256, store.open(sha256, start, stop))
+        return store.open(sha256)
 
     def discard(self, blob) -> None:
         blob.close()
@@ -78,33 +89,57 @@ class AppSender(Sender):
         return Response(body, status=200, headers=headers, direct_passthrough=True)
 
 
+class _Ranges:
+    """The open ranges of one 206 answer: the first opened by ``prepare``, each later
+    one when its turn comes; ``close`` closes whichever is open."""
+
+    def __init__(self, store, sha256: str, first):
+        self._store, self._sha256, self._open = store, sha256, first
+        self._first = True
+
+    def stream(self, start: int, stop: int):
+        """A stream of [start, stop) positioned at ``start``."""
+        if self._first:
+            self._first = False
+        else:
+            self._open.close()
+            self._open = self._store.open(self._sha256, start, stop)
+        return self._open
+
+    def close(self) -> None:
+        self._open.close()
+
+
 # One plain byte range, as media players send: nginx parses it exactly as we do.
 _PLAIN_RANGE = re.compile(r"^bytes=(\d{1,18}-\d{0,18}|-\d{1,18})$")
 
 
 class AccelSender(AppSender):
-    """nginx sends the bytes (X-Accel-Redirect); the app does where nginx would not agree."""
+    """nginx sends the bytes (X-Accel-Redirect); the app does where nginx would not agree.
+
+    The storage names how nginx reaches the blob (``Storage.accel_headers``): a file in
+    an internal location, or a presigned GET of the bucket that an internal location
+    proxies (nginx.conf).
+    """
 
     def prepare(self, sha256: str, decision: Decision):
-        # Whether the bytes are there, without opening them when nginx will send them.
         if _nginx_agrees(request.headers, decision):
-            if not storage.current().exists(sha256):
-                raise FileNotFoundError(sha256)
-            return _ACCEL
+            # A Range the app did not honour (malformed, If-Range not holding, too many
+            # ranges) goes where nginx ignores it too.
+            whole = decision.status == 200 and "Range" in request.headers
+            # Whether the bytes are there, without opening them (FileNotFoundError).
+            return _Accel(storage.current().accel_headers(sha256, whole=whole))
         return super().prepare(sha256, decision)
 
     def discard(self, blob) -> None:
-        if blob is not _ACCEL:
+        if not isinstance(blob, _Accel):
             super().discard(blob)
 
     def send(self, resource, blob, decision: Decision, headers: dict[str, str]) -> Response:
-        if blob is not _ACCEL:  # HEAD (None), or an answer the app sends itself
+        if not isinstance(blob, _Accel):  # HEAD (None), or an answer the app sends itself
             return super().send(resource, blob, decision, headers)
-        # A Range the app did not honour (malformed, If-Range not holding, too many
-        # ranges) goes to nginx's /_vimeo_whole/, where nginx ignores it too.
-        whole = decision.status == 200 and "Range" in request.headers
         return Response(status=200, headers={
-            "X-Accel-Redirect": storage.current().accel_path(resource.sha256, whole=whole),
+            **blob.headers,
             "Content-Type": headers["Content-Type"],
             "Content-Disposition": headers["Content-Disposition"],
             "X-File-ETag": headers["ETag"],
@@ -113,18 +148,26 @@ class AccelSender(AppSender):
         })
 
 
-_ACCEL = object()  # AccelSender's handle: the bytes exist and nginx will send them
+class _Accel:
+    """AccelSender's handle: the bytes exist and nginx will send them, reached so."""
+
+    def __init__(self, headers: dict[str, str]):
+        self.headers = headers
 
 
 def _nginx_agrees(headers, decision: Decision) -> bool:
     """Whether nginx, given the same request, answers exactly what the app decided.
 
     Not for a matching If-Match (nginx compares it with its own ETag and answers 412), nor
-    for a Range that is not one plain range: nginx parses lists, spaces and malformed
-    values its own way (416 where RFC 9110 says ignore, no merging of ranges), so the app
-    sends those answers itself.
+    for If-Unmodified-Since where nginx does not know the blob's modification time (it
+    answers 412 without one: a bucket, ``Storage.nginx_knows_mtime``), nor for a Range
+    that is not one plain range: nginx parses lists, spaces and malformed values its own
+    way (416 where RFC 9110 says ignore, no merging of ranges), so the app sends those
+    answers itself.
     """
     if "If-Match" in headers:
+        return False
+    if "If-Unmodified-Since" in headers and not storage.current().nginx_knows_mtime:
         return False
     value = headers.get("Range")
     if value is None or decision.status == 200:
@@ -142,7 +185,7 @@ def _multipart(resource, blob, decision: Decision, headers: dict) -> Response:
         try:
             for part_header, start, stop in parts:
                 yield part_header
-                yield from _read(blob, start, stop)
+                yield from _read(blob.stream(start, stop), stop - start)
             yield closing
         finally:
             blob.close()
@@ -152,16 +195,15 @@ def _multipart(resource, blob, decision: Decision, headers: dict) -> Response:
 
 def _slice(blob, start: int, stop: int):
     try:
-        yield from _read(blob, start, stop)
+        yield from _read(blob.stream(start, stop), stop - start)
     finally:
         blob.close()
 
 
-def _read(blob, start: int, stop: int):
-    blob.seek(start)
-    left = stop - start
+def _read(stream, length: int):
+    left = length
     while left > 0:
-        chunk = blob.read(min(CHUNK, left))
+        chunk = stream.read(min(CHUNK, left))
         if not chunk:
             log.error("stored bytes shorter than recorded")
             return

@@ -9,6 +9,12 @@ inode, so a rotated log is read from its start), one sweep at a time (an exclusi
 lock), and advanced only after the counts are committed: a crash between the two counts
 that batch twice, a failed commit counts nothing and the batch is read again.
 Only files are counted; published versions use no downloads (SPEC 3.5).
+
+On several nodes each nginx writes its own log, which only its own machine can read:
+there every gunicorn worker of a node counts it from a thread (``NODE_UPKEEP_INTERVAL``,
+``sweep.start_node_upkeep``), the lock lets one count at a time, the bookmark lives in
+the node's own ``STORAGE_DIR`` (its scratch space), and the sweep, which runs on a
+worker machine, counts nothing.
 """
 
 from __future__ import annotations
@@ -97,3 +103,10 @@ def _write_position(path: str, inode: int, offset: int) -> None:
     with open(tmp, "w") as fh:
         fh.write(f"{inode} {offset}\n")
     os.replace(tmp, path)
+
+
+
+def counted_by_nodes(cfg) -> bool:
+    """Whether each node's web processes count their own log (``sweep.start_node_upkeep``),
+    so that the sweep, which runs elsewhere, does not."""
+    return bool(cfg["NODE_UPKEEP_INTERVAL"])

@@ -50,7 +50,8 @@ def run(batch_size: int | None = None, orphans: bool = True) -> SweepReport:
     cfg = current_app.config
     batch_size = batch_size or cfg["SWEEP_BATCH_SIZE"]
     report = SweepReport()
-    report.fast_downloads = fastcount.count_served()
+    if not fastcount.counted_by_nodes(cfg):
+        report.fast_downloads = fastcount.count_served()
     report.expired = drain(files.expire_due, batch_size)
     report.stale_grants = grants.audit(batch_size)
     report.retired = drain(versions.retire_due, batch_size)
@@ -122,6 +123,30 @@ def remove_orphans(batch_size: int, min_age: float) -> int:
     if batch:
         adopted += flush()
     return adopted
+
+
+def start_node_upkeep(app) -> threading.Thread | None:
+    """On several nodes (``NODE_UPKEEP_INTERVAL``): what only the node itself can do, from
+    a daemon thread of each of its gunicorn workers: count the downloads its nginx
+    answered (its own log; a lock lets one worker at a time) and remove the grants other
+    nodes' changes outdated (its own disk). The sweep does the rest, anywhere."""
+    interval = app.config["NODE_UPKEEP_INTERVAL"]
+    if not interval:
+        return None
+
+    def loop():
+        while True:
+            time.sleep(interval)
+            try:
+                with app.app_context():
+                    fastcount.count_served()
+                    grants.audit(app.config["SWEEP_BATCH_SIZE"])
+            except Exception:  # the database may be down: the next round reads on
+                log.exception("node upkeep failed")
+
+    thread = threading.Thread(target=loop, name="vimeo-node-upkeep", daemon=True)
+    thread.start()
+    return thread
 
 
 def start_embedded_sweeper(app) -> threading.Thread | None:
