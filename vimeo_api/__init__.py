@@ -90,9 +90,10 @@ def register_request_hooks(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from .cli import cache_cli, files_cli, stats_command, tokens_cli
+    from .cli import cache_cli, files_cli, stats_command, storage_cli, tokens_cli
 
     app.cli.add_command(files_cli)
+    app.cli.add_command(storage_cli)
     app.cli.add_command(tokens_cli)
     app.cli.add_command(stats_command)
     app.cli.add_command(cache_cli)
