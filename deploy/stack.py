@@ -5,7 +5,8 @@
 then starts gunicorn (X-Accel delivery, raw-upload offload), the Celery worker, Celery
 beat and nginx in the foreground. Ctrl-C or SIGTERM stops everything it started; if one
 of them dies, the others are stopped too. ``python -m deploy.stack render`` only prints
-the rendered nginx.conf (for /etc/nginx with the systemd units in deploy/).
+the rendered nginx.conf (for /etc/nginx with the systemd units in deploy/); with
+``VIMEO_STORAGE_URL`` set (an S3 bucket) both add nginx.conf's bucket locations.
 
 Settings come from the environment (a ``.env`` file works): every ``VIMEO_*`` setting of
 the app, plus ``VIMEO_STACK_HOST``/``VIMEO_STACK_PORT`` (nginx, default 127.0.0.1:8080),
@@ -397,6 +398,8 @@ def stack_nginx_settings(env: dict[str, str]) -> NginxSettings:
         runtime_dir=os.path.join(stack_dir, "nginx"),
         log_dir=os.path.join(stack_dir, "log"),
         max_body_size=int(env.get("VIMEO_MAX_UPLOAD_SIZE", 16 * MiB)),
+        # VIMEO_STORAGE_URL=s3://...: the bytes in a bucket, the bucket's locations added.
+        s3=s3_nginx_settings(env),
     )
 
 
@@ -493,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
             runtime_dir=args.runtime_dir, log_dir=args.log_dir, pid_file=args.pid_file,
             max_body_size=args.max_upload_size,
             user=args.user,
+            # With the app's settings loaded (VIMEO_STORAGE_URL...): the bucket's locations.
+            s3=s3_nginx_settings(dict(os.environ)),
         )))
         return 0
     return run_stack()
