@@ -17,7 +17,6 @@ from . import config, delivery, grants, limits, logs, metacache, observability, 
 from .celery_app import celery_init_app
 from .errors import register_error_handlers
 from .extensions import cache, db
-from .storage_s3 import S3Storage
 from .uploads import UploadRequest
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
@@ -49,7 +48,7 @@ def register_extensions(app: Flask, *, migrations: bool = True) -> None:
         Migrate(app, db, directory=MIGRATIONS)
     cache.init_app(app)
     # The backends STORAGE_URL may name, by scheme (no URL: the local directory).
-    storage.init_app(app, {"s3": S3Storage.from_config})
+    storage.init_app(app, {"s3": _s3_storage})
     delivery.init_app(app)
     # The domain's listeners: the metadata cache, nginx's grants and the task queue.
     metacache.init_app(app)
@@ -97,6 +96,14 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(tokens_cli)
     app.cli.add_command(stats_command)
     app.cli.add_command(cache_cli)
+
+
+def _s3_storage(settings):
+    """The S3 backend, imported only when STORAGE_URL names a bucket: boto3 and botocore
+    cost every process of a local-disk deployment about 10 MiB for nothing."""
+    from .storage_s3 import S3Storage
+
+    return S3Storage.from_config(settings)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -244,12 +244,15 @@ class S3Upload(Upload):
             raise
         self._fill = 0
 
-    def _pending(self) -> bytes:
-        """The bytes gathered since the last part was sent."""
+    def _take_rest(self) -> bytearray | bytes:
+        """The bytes gathered since the last part was sent, for the one request that ends
+        the upload: the part buffer itself, cut to them (no copy of up to a part's size
+        beside it; the buffer is not written to again)."""
         if not self._fill:
             return b""
-        with memoryview(self._part) as whole:
-            return bytes(whole[:self._fill])
+        rest, self._part = self._part, None
+        del rest[self._fill:]
+        return rest
 
     @property
     def sha256(self) -> str:
@@ -289,7 +292,7 @@ class S3Upload(Upload):
     def _complete(self) -> None:
         """Send what is buffered as the last part and complete the multipart upload."""
         if self._fill or not self._parts:
-            self._send_part(self._pending())
+            self._send_part(self._take_rest())
             self._fill = 0
         with _store_errors("CompleteMultipartUpload"):
             self._storage.slow_client.complete_multipart_upload(
@@ -614,7 +617,7 @@ class S3Storage(Storage):
                 # with its SHA-256 for the stores that check it (AWS does).
                 with _store_errors("PutObject"):
                     self.client.put_object(
-                        Bucket=self.bucket, Key=target, Body=upload._pending(),
+                        Bucket=self.bucket, Key=target, Body=upload._take_rest(),
                         ContentType="application/octet-stream", Metadata=metadata,
                         ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode("ascii"),
                     )
