@@ -55,6 +55,17 @@ def hot(stack, path: str) -> requests.Response:
     pytest.fail(f"{path} never reached the fast path: {stack.access_log()[-1500:]}")
 
 
+def from_cached_grant(stack, path: str, headers: dict, method: str) -> requests.Response:
+    """The request answered by nginx from a grant answer it had cached (X-Cache: HIT).
+    nginx asks the app again when its answer ends (each second with the bytes in a
+    bucket, vimeo_api/grants.py), and that answer says what the app's own lookup did."""
+    deadline = time.monotonic() + 5
+    while True:
+        answer = get(stack, path, headers, method=method)
+        if answer.headers.get("X-Cache") == "HIT" or time.monotonic() > deadline:
+            return answer
+
+
 def grant_dirs(stack) -> list[Path]:
     root = Path(stack.storage_dir, "grants")
     return sorted(p for p in root.glob("[fv]/*/*") if p.is_dir()) if root.exists() else []
@@ -125,7 +136,7 @@ def test_fast_answers_equal_the_apps_for_every_request_they_take(stack, kind):
         path = "/v/" + made.json()["version_id"]
     hot(stack, path)
     for method, headers in REQUESTS:
-        fast = get(stack, path, headers, method=method)
+        fast = from_cached_grant(stack, path, headers, method)
         app = get(stack, path + "?via=app", headers, method=method)
         assert by_nginx(stack, fast) and fast.headers["X-Cache"] == "HIT", (method, headers)
         assert not by_nginx(stack, app), (method, headers)

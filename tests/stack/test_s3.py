@@ -55,9 +55,11 @@ def assert_only_the_apps_headers(answer: requests.Response) -> None:
         once(answer, name)
 
 
-def content_cache_files(stack) -> list[Path]:
-    root = Path(stack.settings.runtime_dir, "content_cache")
-    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+def content_cached(stack, sha256: str) -> bool:
+    """Whether nginx's content cache holds this blob: its file is named by the MD5 of the
+    cache key (the SHA-256), in directories of its last characters (levels=1:2)."""
+    name = hashlib.md5(sha256.encode()).hexdigest()
+    return Path(stack.settings.runtime_dir, "content_cache", name[-1], name[-3:-1], name).is_file()
 
 
 # -- downloads: nginx proxies the bucket ----------------------------------------------------
@@ -85,7 +87,7 @@ def test_a_download_is_proxied_from_the_bucket_with_the_apps_headers_only(stack)
     assert once(part, "Content-Range") == f"bytes 1000-1999/{len(content)}"
     assert_only_the_apps_headers(part)
     # A private file's bytes are never kept in nginx's content cache.
-    assert content_cache_files(stack) == []
+    assert not content_cached(stack, sha)
 
 
 def test_the_app_names_a_presigned_get_of_the_blob(stack):
@@ -131,7 +133,7 @@ def test_hot_public_content_comes_from_nginx_cache_and_is_counted(stack):
     fast = [a for a in answers[1:] if served(stack, a).startswith("/f/")]
     assert len(fast) == 3
     assert any("upstream=- " in stack.access_line(a.headers["X-Request-Id"]) for a in fast)
-    assert len(content_cache_files(stack)) == 1
+    assert content_cached(stack, body["sha256"])
     head = get(stack, path, method="HEAD")
     assert (head.status_code, head.content, head.headers["Content-Length"]) == (200, b"", "4096")
     # nginx logs each fast download for the counting (a HEAD is no download).
