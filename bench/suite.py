@@ -29,6 +29,12 @@ same gunicorn configuration, a minimal FastAPI ``FileResponse`` app under uvicor
   uploads (curl -T through nginx with the offload, curl -T and curl -F to the app that
   writes the bytes itself) against ``dd conv=fsync`` of the same size on the same disk,
   with the app's peak RSS;
+* the bytes in an S3 bucket (bench/s3.py: ``rclone serve s3`` and the stack on it, its
+  own database): hot public 4 KiB against raw nginx static on local disk; 16 MiB through
+  the stack from the bucket (the app decides each download, nginx proxies the store)
+  and hot public 16 MiB (nginx's content cache), each against the S3 server's own GET
+  of the same object; the large raw upload into the bucket against dd, with the app's
+  peak RSS;
 * the sweep of 100,000 expired files (10,000 with --quick) against the same end state
   reached by one plain SQL transaction and the unlinks (bench/sweep.py).
 
@@ -1054,6 +1060,16 @@ def report_block(rows, memory: list[dict], args, info_before, load_after, elapse
         "`curl -T` and `curl -F` to the `VIMEO_DELIVERY=app` gunicorn, which writes the bytes itself; each against "
         f"`dd if=/dev/zero bs=1M conv=fsync` of {big} into the storage directory just before it; peak RSS: the "
         "largest gunicorn worker's, sampled every 10 ms.",
+        "* **S3** (issue 14): a second stack on a local S3 server, `rclone serve s3` (deploy/s3server.py; its objects "
+        "on the same disk), with a database of its own: gunicorn with `VIMEO_STORAGE_URL` on the bucket behind nginx "
+        "rendered with the bucket's locations. **hot public 4 KiB** (the fast path, from nginx's content cache) "
+        "against raw nginx static of a 4 KiB blob on local disk; **X-Accel via app 16 MiB** (a file with the large "
+        "download limit: the app decides every download, nginx proxies a presigned GET of the store, unbuffered and "
+        "uncached) and **hot public 16 MiB** (the fast path, nginx's content cache) each against the S3 server's own "
+        "GET of the same object (wrk on its presigned URL); all in one round-robin of their own. The large **raw "
+        "upload into the bucket**: `curl -T` through nginx (the body written to the node's disk, streamed by the app "
+        "into the bucket in 8 MiB parts, copied by the store to its content address) against dd, with the largest "
+        "gunicorn worker's peak RSS.",
         f"* **sweep**: bench/sweep.py's periodic sweep (set-based batches, expire and release) over {args.sweep_files:,} "
         "expired files, each with its own blob; baseline: the same end state reached the plainest way on a database "
         "and storage filled the same way: one SQL transaction (`UPDATE files` to gone, `DELETE FROM blobs`), then "
