@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.harness import API, app_env, start_gunicorn, start_nginx
-from bench.measure import MiB, PeakRSS
+from bench.measure import PeakRSS
 from deploy.s3server import S3Server, start_rclone
 from deploy.stack import BODY_DIR, free_port, s3_nginx_settings
 
