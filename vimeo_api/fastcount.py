@@ -105,7 +105,6 @@ def _write_position(path: str, inode: int, offset: int) -> None:
     os.replace(tmp, path)
 
 
-
 def counted_by_nodes(cfg) -> bool:
     """Whether each node's web processes count their own log (``sweep.start_node_upkeep``),
     so that the sweep, which runs elsewhere, does not."""

@@ -10,7 +10,9 @@ bytes. The orphan scan walks the whole storage directory, so it runs less often
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -134,13 +136,22 @@ def start_node_upkeep(app) -> threading.Thread | None:
     if not interval:
         return None
 
+    lock_path = os.path.join(app.config["STORAGE_DIR"], "node-upkeep.lock")
+
     def loop():
         while True:
             time.sleep(interval)
             try:
-                with app.app_context():
-                    fastcount.count_served()
-                    grants.audit(app.config["SWEEP_BATCH_SIZE"])
+                os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+                with open(lock_path, "a") as lock:
+                    try:
+                        # One worker of the node at a time; the others skip this round.
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue
+                    with app.app_context():
+                        fastcount.count_served()
+                        grants.audit(app.config["SWEEP_BATCH_SIZE"])
             except Exception:  # the database may be down: the next round reads on
                 log.exception("node upkeep failed")
 
