@@ -2,13 +2,16 @@
 # and `make test` (every test, against real PostgreSQL, Redis, nginx and Celery).
 # `make stack` runs the production shape locally: nginx on http://127.0.0.1:8080 in
 # front of gunicorn, a Celery worker and beat, on the running PostgreSQL and Redis.
+# `make cluster` runs several nodes on one S3 bucket: a load balancer on :8080 in front
+# of two nodes (nginx on :8081 and :8082, each with its own gunicorn), Celery worker and
+# beat, and a local S3 server (rclone) on :9000.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test venv services nginx test-tools stack migrate clean bench bench-quick bench-downloads bench-upload-offload bench-upload-memory bench-workers
+.PHONY: run test venv services nginx test-tools stack cluster migrate clean bench bench-quick bench-downloads bench-upload-offload bench-upload-memory bench-workers
 
 venv: $(STAMP)
 
@@ -33,6 +36,10 @@ nginx:
 
 stack: venv services nginx
 	$(BIN)/python -m deploy.stack
+
+cluster: venv services nginx
+	$(BIN)/python -m deploy.cluster
+
 
 # What the tests drive as a person would, and their other real components: curl and wget
 # (cut off and resumed downloads; https with --cacert), Debian's Chromium and its driver

@@ -38,10 +38,13 @@ else:
 
 
 def post_worker_init(worker):
-    """On the embedded default each worker sweeps in a thread (no Celery beat there)."""
-    from vimeo_api.sweep import start_embedded_sweeper
+    """On the embedded default each worker sweeps in a thread (no Celery beat there); on
+    several nodes each worker keeps its node's share in a thread: its nginx's downloads
+    counted, its outdated grants removed."""
+    from vimeo_api.sweep import start_embedded_sweeper, start_node_upkeep
 
     start_embedded_sweeper(worker.wsgi)
+    start_node_upkeep(worker.wsgi)
 
 
 # Prometheus multiprocess mode (vimeo_api/health.py): with PROMETHEUS_MULTIPROC_DIR set,

@@ -201,16 +201,17 @@ def start_gunicorn(env: dict[str, str], log: Path, procs: list) -> subprocess.Po
 
 def start_nginx(work: Path, name: str, port: int, app_bind: str, storage: Path, env: dict[str, str], procs: list,
                 *, static: bool = False, max_body_size: int = 16 * MiB,
-                baselines: Baselines | None = None) -> subprocess.Popen:
+                baselines: Baselines | None = None, s3=None) -> subprocess.Popen:
     """nginx rendered from nginx.conf on 127.0.0.1:``port`` in front of ``app_bind``; with
     ``static``, also the plain ``location /static/`` on the blobs and the same without an
-    access log (see static_path); with ``baselines``, their upstreams and locations.
-    Its logs go to ``work/log-<name>/``."""
+    access log (see static_path); with ``baselines``, their upstreams and locations; with
+    ``s3`` (deploy.stack.S3Nginx), the bucket's locations. Its logs go to ``work/log-<name>/``."""
     settings = NginxSettings(
         listen=f"127.0.0.1:{port}", app_address=app_bind, storage_dir=str(storage),
         runtime_dir=str(work / f"nginx-{name}"), log_dir=str(work / f"log-{name}"),
         max_body_size=max_body_size,
         extra_locations=STATIC_LOCATION.replace("@storage", str(storage)) if static else "",
+        s3=s3,
     )
     if baselines:
         settings.extra_locations += baselines.nginx_locations()

@@ -29,6 +29,12 @@ same gunicorn configuration, a minimal FastAPI ``FileResponse`` app under uvicor
   uploads (curl -T through nginx with the offload, curl -T and curl -F to the app that
   writes the bytes itself) against ``dd conv=fsync`` of the same size on the same disk,
   with the app's peak RSS;
+* the bytes in an S3 bucket (bench/s3.py: ``rclone serve s3`` and the stack on it, its
+  own database): hot public 4 KiB against raw nginx static on local disk; 16 MiB through
+  the stack from the bucket (the app decides each download, nginx proxies the store)
+  and hot public 16 MiB (nginx's content cache), each against the S3 server's own GET
+  of the same object; the large raw upload into the bucket against dd, with the app's
+  peak RSS;
 * the sweep of 100,000 expired files (10,000 with --quick) against the same end state
   reached by one plain SQL transaction and the unlinks (bench/sweep.py).
 
@@ -90,6 +96,7 @@ from bench.measure import (  # noqa: E402
     wrk_threads,
     write_wrk_script,
 )
+from bench.s3 import start_s3_stack, upload_to_s3_through_nginx  # noqa: E402
 from bench.sweep import sweep_against_plain_sql  # noqa: E402
 from bench.upload_memory import UPLOADS, idle_rss, upload_to_app  # noqa: E402
 from bench.upload_offload import upload_through_nginx  # noqa: E402
@@ -121,6 +128,7 @@ PYTHON_PATH_GOAL = 0.5  # app-decided 4 KiB, 304, 404: at least this × the mini
 FASTAPI_GOAL = 1.0  # the same: more than this × the minimal FastAPI FileResponse app
 ONE_TIME_GOAL = 1000  # one-time 4 KiB: first downloads per second
 UPLOAD_RSS_GOAL = 100 * MiB  # 1 GiB upload: the app's peak RSS below this
+S3_16M_GOAL = 0.9  # issue 14: 16 MiB through the stack from S3, at least this × the S3 server's own GET
 # Tokens are asked for with this lifetime: longer than any run.
 TOKEN_EXPIRES_IN = 3600
 # A download limit no run reaches, so the app decides every request: the largest the API
@@ -728,6 +736,96 @@ def big_rows(stack, work: Path, size: int, downloads: int) -> list[Row]:
     return rows
 
 
+def s3_rows(stack, work: Path, args, procs: list, big: int, env: dict) -> list[Row]:
+    """The stack with its bytes in a bucket (bench/s3.py, issue 14), beside the local stack
+    of the same run: hot public 4 KiB (nginx's fast path and content cache) against raw
+    nginx static of a 4 KiB blob on local disk; 16 MiB through the stack from the bucket
+    (a file the app decides every download of, so nginx proxies the store every time)
+    and hot public 16 MiB, against the S3 server's own GET of the same object (its
+    presigned URL); the large raw upload through nginx into the bucket against dd."""
+    c4, c16 = args.connections
+    # A database of its own: the bucket's blobs are not the local stack's.
+    s3_db = create_database()
+    s3 = start_s3_stack(work, s3_db, procs, env, max_body_size=max(2 * big, 64 * MiB))
+    log(f"suite: S3 stack: nginx {s3.nginx} → gunicorn, bucket on {s3.server.endpoint_url}")
+    script = write_wrk_script(work, "s3.lua")
+    try:
+        local = os.urandom(4 * KiB)
+        up_local = upload(stack.nginx, local, {"X-Max-Downloads": "0"}, name="s3-baseline.bin")
+        small = os.urandom(4 * KiB)
+        up_small = upload(s3.nginx, small, {"X-Max-Downloads": "0"}, name="hot4k.bin")
+        big16 = os.urandom(16 * MiB)
+        up_lim = upload(s3.nginx, big16, {"X-Max-Downloads": LIMITED_DOWNLOADS}, name="limited16.bin")
+        pub16 = os.urandom(16 * MiB)
+        up_pub = upload(s3.nginx, pub16, {"X-Max-Downloads": "0"}, name="public16.bin")
+        urls = {
+            "raw nginx static, no log 4 KiB (local disk)": (stack.nginx + static_path(up_local["sha256"], logged=False),
+                                                            local, c4),
+            "S3: hot public 4 KiB": (f"{s3.nginx}{API}/file/{up_small['filehash']}", small, c4),
+            "S3 server's own GET 16 MiB": (s3.presigned(up_lim["sha256"]), big16, c16),
+            "S3: X-Accel via app 16 MiB": (f"{s3.nginx}{API}/file/{up_lim['filehash']}", big16, c16),
+            "S3 server's own GET, public 16 MiB": (s3.presigned(up_pub["sha256"]), pub16, c16),
+            "S3: hot public 16 MiB": (f"{s3.nginx}{API}/file/{up_pub['filehash']}", pub16, c16),
+        }
+        notes = {}
+        for name, (url, content, _connections) in urls.items():
+            if "hot public" in name:
+                ask(url, method="HEAD")
+                ask(url)
+            notes[name] = x_cache(check(name, url, content))
+        scenarios = [WrkScenario(name, url, connections, script) for name, (url, _c, connections) in urls.items()]
+        sizes = {name: len(content) for name, (_u, content, _c) in urls.items()}
+
+        def describe(scenario, report):
+            return (f"{scenario.key:<44} {report['figure']:>9,.0f} req/s "
+                    f"{report['figure'] * sizes[scenario.key] / 1e6:>8,.1f} MB/s  p99 {report['p99_ms']:.1f} ms  "
+                    f"non-2xx/3xx {report['non_2xx_3xx']}  errors {report['errors']}")
+
+        best = run_rounds(scenarios, args.rounds, args.duration, describe)
+        rows = []
+        pairs = {
+            "raw nginx static, no log 4 KiB (local disk)": (None, []),
+            "S3: hot public 4 KiB": ("raw nginx static, no log 4 KiB (local disk)", []),
+            "S3 server's own GET 16 MiB": (None, []),
+            "S3: X-Accel via app 16 MiB": ("S3 server's own GET 16 MiB", [Goal(">=", S3_16M_GOAL, "S3 server's own GET 16 MiB")]),
+            "S3 server's own GET, public 16 MiB": (None, []),
+            "S3: hot public 16 MiB": ("S3 server's own GET, public 16 MiB", []),
+        }
+        for name, (baseline, goals) in pairs.items():
+            mb = sizes[name] >= MiB
+            scale = sizes[name] / 1e6 if mb else 1
+            report = best[name]
+            base = best[baseline or name]["figure"] * scale
+            note = join(f"{report['figure']:,.1f} req/s" if mb else "",
+                        f"non-2xx/3xx {report['non_2xx_3xx']:,}, socket errors {report['errors']}", notes[name])
+            rows.append(Row("S3", name, baseline or name, "MB/s" if mb else "req/s", report["figure"] * scale, base,
+                            p99_ms=report["p99_ms"], notes=note, goals=goals, is_baseline=baseline is None))
+
+        # The large upload, through nginx (the offload) into the bucket, against dd.
+        label, source = size_label(big), work / "s3-source.bin"
+        sha = make_source(source, big)
+        subprocess.run(["sync"], check=True)
+        dd = big / dd_seconds(s3.scratch, big // MiB) / 1e6
+        idle = idle_rss(s3.gunicorn_proc.pid)
+        log(f"  {label} upload through nginx into the bucket ...")
+        result = upload_to_s3_through_nginx(s3, source, sha, {"X-Max-Downloads": "0"})
+        log(f"  {label} upload into the bucket: {result['mbps']:.0f} MB/s, dd {dd:.0f} MB/s, "
+            f"gunicorn peak {result['app_peak'] / MiB:.1f} MiB")
+        source.unlink()
+        rows.append(Row("S3", f"raw upload through nginx into the bucket {label}", f"dd conv=fsync {label}, same disk",
+                        "MB/s", result["mbps"], dd, peak_rss=result["app_peak"], goals=[Goal("rss<", UPLOAD_RSS_GOAL)],
+                        notes=(f"curl -T, {result['seconds']:.2f} s: nginx writes the body to the node's disk, the "
+                               f"app streams it into the bucket in 8 MiB parts (rclone writes them to the same disk), "
+                               f"then the store copies it to its content address; gunicorn idle worker "
+                               f"{idle / MiB:.1f} MiB, peak +{(result['app_peak'] - idle) / MiB:.1f} MiB; nginx worker "
+                               f"peak {result['nginx_peak'] / MiB:.1f} MiB")))
+        return rows
+    finally:
+        for proc in (s3.nginx_proc, s3.gunicorn_proc, s3.server.proc):
+            stop(proc)
+        drop_database(s3_db)
+
+
 def sweep_rows(files: int) -> list[Row]:
     log(f"  sweep of {files:,} expired files, then the plain SQL baseline ...")
     result = sweep_against_plain_sql(files)
@@ -962,6 +1060,16 @@ def report_block(rows, memory: list[dict], args, info_before, load_after, elapse
         "`curl -T` and `curl -F` to the `VIMEO_DELIVERY=app` gunicorn, which writes the bytes itself; each against "
         f"`dd if=/dev/zero bs=1M conv=fsync` of {big} into the storage directory just before it; peak RSS: the "
         "largest gunicorn worker's, sampled every 10 ms.",
+        "* **S3** (issue 14): a second stack on a local S3 server, `rclone serve s3` (deploy/s3server.py; its objects "
+        "on the same disk), with a database of its own: gunicorn with `VIMEO_STORAGE_URL` on the bucket behind nginx "
+        "rendered with the bucket's locations. **hot public 4 KiB** (the fast path, from nginx's content cache) "
+        "against raw nginx static of a 4 KiB blob on local disk; **X-Accel via app 16 MiB** (a file with the large "
+        "download limit: the app decides every download, nginx proxies a presigned GET of the store, unbuffered and "
+        "uncached) and **hot public 16 MiB** (the fast path, nginx's content cache) each against the S3 server's own "
+        "GET of the same object (wrk on its presigned URL); all in one round-robin of their own. The large **raw "
+        "upload into the bucket**: `curl -T` through nginx (the body written to the node's disk, streamed by the app "
+        "into the bucket in 8 MiB parts, copied by the store to its content address) against dd, with the largest "
+        "gunicorn worker's peak RSS.",
         f"* **sweep**: bench/sweep.py's periodic sweep (set-based batches, expire and release) over {args.sweep_files:,} "
         "expired files, each with its own blob; baseline: the same end state reached the plainest way on a database "
         "and storage filled the same way: one SQL transaction (`UPDATE files` to gone, `DELETE FROM blobs`), then "
@@ -1066,6 +1174,7 @@ def main() -> int:
             sampler.stop()
         memory = sampler.results()
         rows += big_rows(stack, work, big, downloads=3)
+        rows += s3_rows(stack, work, args, procs, big, env)
     finally:
         for proc in reversed(procs):
             stop(proc)

@@ -5,7 +5,8 @@
 then starts gunicorn (X-Accel delivery, raw-upload offload), the Celery worker, Celery
 beat and nginx in the foreground. Ctrl-C or SIGTERM stops everything it started; if one
 of them dies, the others are stopped too. ``python -m deploy.stack render`` only prints
-the rendered nginx.conf (for /etc/nginx with the systemd units in deploy/).
+the rendered nginx.conf (for /etc/nginx with the systemd units in deploy/); with
+``VIMEO_STORAGE_URL`` set (an S3 bucket) both add nginx.conf's bucket locations.
 
 Settings come from the environment (a ``.env`` file works): every ``VIMEO_*`` setting of
 the app, plus ``VIMEO_STACK_HOST``/``VIMEO_STACK_PORT`` (nginx, default 127.0.0.1:8080),
@@ -131,6 +132,79 @@ def _template() -> jinja2.Template:
     return environment.from_string(TEMPLATE.read_text())
 
 
+# Every header an S3-compatible store may answer a GET with, which nginx.conf's bucket
+# locations keep from the client (proxy_hide_header; stock nginx has no wildcard): the
+# store's validators and content headers (the app's replace them), checksums, metadata
+# (rclone also answers ours as a bare "Mtime"), encryption, replication and lock state,
+# CORS, request ids, and what AWS, MinIO, Ceph RGW, Cloudflare R2, Backblaze B2, Google
+# Cloud Storage and rclone add (deploy/S3-NOTES.md). tests/stack checks that a download
+# carries the app's headers and nginx's own, and nothing else.
+S3_HIDDEN_HEADERS = (
+    "Accept-Ranges", "Cache-Control", "Content-Disposition", "Content-Encoding", "Content-Language",
+    "Content-Range", "Content-Type", "ETag", "Expires", "Last-Modified", "Set-Cookie", "Vary", "Mtime",
+    "Access-Control-Allow-Credentials", "Access-Control-Allow-Headers", "Access-Control-Allow-Methods",
+    "Access-Control-Allow-Origin", "Access-Control-Expose-Headers", "Access-Control-Max-Age",
+    "X-Amz-Request-Id", "X-Amz-Id-2", "X-Amz-Date", "X-Amz-Content-Sha256", "X-Amz-Version-Id",
+    "X-Amz-Delete-Marker", "X-Amz-Expiration", "X-Amz-Restore", "X-Amz-Missing-Meta",
+    "X-Amz-Storage-Class", "X-Amz-Request-Charged", "X-Amz-Replication-Status", "X-Amz-Mp-Parts-Count",
+    "X-Amz-Tagging-Count", "X-Amz-Website-Redirect-Location", "X-Amz-Server-Side-Encryption",
+    "X-Amz-Server-Side-Encryption-Customer-Algorithm", "X-Amz-Server-Side-Encryption-Customer-Key-MD5",
+    "X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id", "X-Amz-Server-Side-Encryption-Bucket-Key-Enabled",
+    "X-Amz-Object-Lock-Mode", "X-Amz-Object-Lock-Retain-Until-Date", "X-Amz-Object-Lock-Legal-Hold",
+    "X-Amz-Checksum-Crc32", "X-Amz-Checksum-Crc32c", "X-Amz-Checksum-Crc64nvme", "X-Amz-Checksum-Sha1",
+    "X-Amz-Checksum-Sha256", "X-Amz-Checksum-Type", "X-Amz-Meta-Mtime", "X-Amz-Bucket-Region",
+    "X-Amz-Cf-Id", "X-Amz-Cf-Pop", "X-Amz-Rgw-Request-Id", "X-Rgw-Object-Type", "X-Minio-Deployment-Id",
+    "X-Ratelimit-Limit", "X-Ratelimit-Remaining", "X-Xss-Protection", "X-Content-Type-Options",
+    "X-Frame-Options", "Content-Security-Policy", "Strict-Transport-Security", "X-Request-Id",
+    "X-Bz-Content-Sha1", "X-Bz-File-Id", "X-Bz-File-Name", "X-Bz-Upload-Timestamp", "X-Bz-Info-Src_last_modified_millis",
+    "X-Goog-Generation", "X-Goog-Metageneration", "X-Goog-Stored-Content-Encoding",
+    "X-Goog-Stored-Content-Length", "X-Goog-Hash", "X-Goog-Storage-Class", "X-GUploader-UploadID",
+    "CF-Ray", "CF-Cache-Status", "Alt-Svc", "NEL", "Report-To", "Server-Timing", "Via", "Age",
+)
+
+
+@dataclass
+class S3Nginx:
+    """What nginx.conf needs to fetch blobs from a bucket (rendered only when the app's
+    STORAGE_URL is s3://...): the store's address for its upstream, the timeouts of
+    each request to it, and nginx's own content cache."""
+
+    address: str  # "127.0.0.1:9000": where the presigned GETs go
+    scheme: str = "http"  # "https" for AWS, R2 and other TLS endpoints
+    ca_file: str = "/etc/ssl/certs/ca-certificates.crt"  # what a TLS store's certificate is checked with
+    connect_timeout: str = "3s"  # as the app's S3_CONNECT_TIMEOUT
+    read_timeout: str = "20s"  # as the app's S3_READ_TIMEOUT
+    cache_size: str = "1g"
+    cache_inactive: str = "10m"
+    hidden_headers: tuple[str, ...] = S3_HIDDEN_HEADERS
+
+
+def s3_nginx_settings(env: dict[str, str]) -> S3Nginx | None:
+    """nginx's S3 settings for the app settings in ``env`` (``VIMEO_*``), or None when the
+    bytes are on local disk. The store's address is where the app's presigned URLs point
+    (the endpoint, or AWS's virtual host of the bucket), so both always agree."""
+    if not env.get("VIMEO_STORAGE_URL"):
+        return None
+    from urllib.parse import urlsplit
+
+    from vimeo_api.storage_s3 import S3Storage
+
+    settings = {key[len("VIMEO_"):]: value for key, value in env.items() if key.startswith("VIMEO_")}
+    store = S3Storage.from_config(settings)
+    url = urlsplit(store.presigned_get("0" * 64, 60))
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"the store's endpoint must be http or https, not {url.scheme}")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return S3Nginx(
+        address=f"{url.hostname}:{port}",
+        scheme=url.scheme,
+        connect_timeout=f"{max(1, round(store.connect_timeout))}s",
+        read_timeout=f"{max(1, round(store.read_timeout))}s",
+        cache_size=env.get("VIMEO_STACK_S3_CACHE_SIZE", "1g"),
+        cache_inactive=env.get("VIMEO_STACK_S3_CACHE_INACTIVE", "10m"),
+    )
+
+
 @dataclass
 class NginxSettings:
     """What differs between one rendering of nginx.conf and another."""
@@ -162,6 +236,7 @@ class NginxSettings:
     # nginx's coarse flood guard per client address (the app's limits are the fine ones).
     limit_req_rate: str = "100r/s"
     limit_req_burst: int = 200
+    s3: S3Nginx | None = None  # the bytes are in a bucket (s3_nginx_settings)
 
     def user_directive(self) -> str:
         if self.user:
@@ -200,6 +275,7 @@ def render_nginx(settings: NginxSettings) -> str:
         "trusted_proxies": [_address(proxy) for proxy in settings.trusted_proxies],
         "limit_req_rate": settings.limit_req_rate,
         "limit_req_burst": int(settings.limit_req_burst),
+        "s3": settings.s3,
     }
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ValueError("TLS needs both a certificate and a key (VIMEO_TLS_CERT and VIMEO_TLS_KEY)")
@@ -423,6 +499,8 @@ def stack_nginx_settings(env: dict[str, str]) -> NginxSettings:
         tls_cert=env.get("VIMEO_TLS_CERT") or None,
         tls_key=env.get("VIMEO_TLS_KEY") or None,
         trusted_proxies=trusted_proxies(env.get("VIMEO_TRUSTED_PROXIES", "")),
+        # VIMEO_STORAGE_URL=s3://...: the bytes in a bucket, the bucket's locations added.
+        s3=s3_nginx_settings(env),
     )
 
 
@@ -544,6 +622,10 @@ def main(argv: list[str] | None = None) -> int:
             max_body_size=args.max_upload_size, multipart_overhead=args.multipart_overhead,
             user=args.user, tls_cert=args.tls_cert, tls_key=args.tls_key,
             trusted_proxies=tuple(args.trusted_proxy),
+            max_body_size=args.max_upload_size,
+            user=args.user,
+            # With the app's settings loaded (VIMEO_STORAGE_URL...): the bucket's locations.
+            s3=s3_nginx_settings(dict(os.environ)),
         )))
         return 0
     return run_stack()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
@@ -19,8 +18,8 @@ def _owner(up):
     return {"X-Owner-Token": up["owner_token"]}
 
 
-def _blob_files(target) -> list[Path]:
-    return [p for p in Path(target.storage_dir, "blobs").rglob("*") if p.is_file()]
+def _blob_files(target) -> list[str]:
+    return target.stored("blobs")
 
 
 def test_a_published_version_keeps_its_bytes_after_the_file_is_replaced(target):

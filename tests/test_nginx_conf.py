@@ -305,3 +305,58 @@ def test_tls_and_trusted_proxies_are_checked_before_nginx_sees_them(tmp_path):
     assert "real_ip_recursive on;" in conf
     assert "real_ip_header" not in render_nginx(settings_in(tmp_path))
     assert "ssl" not in render_nginx(settings_in(tmp_path)).split("server {", 1)[1].split("server_name", 1)[0]
+
+
+# -- the bucket's locations (STORAGE_URL s3://...) ---------------------------------------
+
+def s3_conf(tmp_path, **s3) -> tuple[NginxSettings, str]:
+    settings = settings_in(tmp_path, s3=stack.S3Nginx(address=f"127.0.0.1:{free_port()}", **s3))
+    return settings, render_nginx(settings)
+
+
+def blocks(conf: str, opening: str) -> str:
+    """The text of the block that ``opening`` starts, to its closing brace."""
+    start = conf.index(opening)
+    end = conf.index("\n        }\n", start)
+    return conf[start:end]
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_the_s3_render_is_accepted_by_nginx(tmp_path, scheme):
+    settings, conf = s3_conf(tmp_path, scheme=scheme)
+    check_nginx_conf(write_nginx_conf(settings), settings)
+    assert (f"proxy_pass {scheme}://vimeo_s3$vimeo_s3_uri;" in conf) and (("proxy_ssl_verify on;" in conf) == (scheme == "https"))
+
+
+def test_the_local_render_has_no_bucket_location(conf):
+    assert "vimeo_s3" not in conf and "content_cache" not in conf
+    assert conf.count('location ~ "^/vimeo/api/v1\\.0/(?:file|v)/[0-9a-f]{32}$"') == 1
+
+
+def test_every_bucket_location_hides_every_header_of_the_store(tmp_path):
+    _settings, conf = s3_conf(tmp_path)
+    assert conf.count('location ~ "^/vimeo/api/v1\\.0/(?:file|v)/[0-9a-f]{32}$"') == 1  # the S3 fast path only
+    for opening in ("location = /_vimeo_s3 {", "location = /_vimeo_s3_whole {",
+                    'location ~ "^/vimeo/api/v1\\.0/(?:file|v)/[0-9a-f]{32}$" {'):
+        block = blocks(conf, opening)
+        hidden = re.findall(r"proxy_hide_header (\S+);", block)
+        assert hidden == list(stack.S3_HIDDEN_HEADERS), opening
+        # None of the client's headers goes to the store; errors become the API's JSON.
+        assert "proxy_pass_request_headers off;" in block and "proxy_intercept_errors on;" in block
+        assert re.search(r"error_page [0-9 ]*502 [0-9 ]*=503 @json_503;", block), opening
+        # Every other code nginx may answer still leads to its JSON location.
+        codes = {int(c) for c, _ in ERROR_PAGE.findall(block)}
+        assert codes <= set(JSON_ERROR_CODES) and 416 in codes and 413 in codes
+
+
+def test_s3_settings_follow_the_apps_presigned_urls():
+    env = {
+        "VIMEO_STORAGE_URL": "s3://bucket/prefix", "VIMEO_S3_ENDPOINT_URL": "http://127.0.0.1:9123",
+        "VIMEO_S3_REGION": "us-east-1", "VIMEO_S3_ACCESS_KEY_ID": "AKIDEXAMPLE1234567890",
+        "VIMEO_S3_SECRET_ACCESS_KEY": "0" * 40, "VIMEO_S3_READ_TIMEOUT": "7",
+    }
+    settings = stack.s3_nginx_settings(env)
+    assert (settings.address, settings.scheme, settings.read_timeout) == ("127.0.0.1:9123", "http", "7s")
+    tls = stack.s3_nginx_settings({**env, "VIMEO_S3_ENDPOINT_URL": "https://abc.r2.cloudflarestorage.com"})
+    assert (tls.address, tls.scheme) == ("abc.r2.cloudflarestorage.com:443", "https")
+    assert stack.s3_nginx_settings({}) is None

@@ -32,7 +32,8 @@ def create_app(test_config: dict | None = None, *, migrations: bool = True) -> F
     app.request_class = UploadRequest
     register_extensions(app, migrations=migrations)
     register_blueprints(app)
-    register_error_handlers(app)
+    # A store that does not answer is a 503 with Retry-After, as a database that is down.
+    register_error_handlers(app, unavailable={storage.StorageUnavailable: "The storage is unavailable; retry shortly."})
     register_request_hooks(app)
     register_commands(app)
     return app
@@ -46,7 +47,8 @@ def register_extensions(app: Flask, *, migrations: bool = True) -> None:
 
         Migrate(app, db, directory=MIGRATIONS)
     cache.init_app(app)
-    storage.init_app(app)
+    # The backends STORAGE_URL may name, by scheme (no URL: the local directory).
+    storage.init_app(app, {"s3": _s3_storage})
     delivery.init_app(app)
     # The domain's listeners: the metadata cache, nginx's grants, the edge caches in
     # front and the task queue.
@@ -99,10 +101,11 @@ def register_request_hooks(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from .cli import cache_cli, files_cli, stats_command, tokens_cli, uploads_cli
+    from .cli import cache_cli, files_cli, stats_command, storage_cli, tokens_cli, uploads_cli
 
     app.cli.add_command(files_cli)
     app.cli.add_command(uploads_cli)
+    app.cli.add_command(storage_cli)
     app.cli.add_command(tokens_cli)
     app.cli.add_command(stats_command)
     app.cli.add_command(cache_cli)
@@ -125,6 +128,14 @@ def _sqlite_private(path: str | None):
                 pass
 
     return private
+
+
+def _s3_storage(settings):
+    """The S3 backend, imported only when STORAGE_URL names a bucket: boto3 and botocore
+    cost every process of a local-disk deployment about 10 MiB for nothing."""
+    from .storage_s3 import S3Storage
+
+    return S3Storage.from_config(settings)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from . import storage
 from .extensions import db
 from .models import Blob, utcnow
-from .storage import UploadFile
+from .storage import Upload
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def grace() -> timedelta:
     return timedelta(seconds=current_app.config["DELETE_GRACE_SECONDS"])
 
 
-def acquire(upload: UploadFile, now: datetime) -> None:
+def acquire(upload: Upload, now: datetime) -> None:
     """Count one more user of the upload's content and make sure its bytes are in place.
 
     The upsert takes the blob row's lock before the bytes are placed, so a release of the

@@ -1,4 +1,4 @@
-"""Operator commands: ``python manage.py files|uploads|tokens|stats|cache …``.
+"""Operator commands: ``python manage.py files|uploads|tokens|stats|cache|storage …``.
 
 One click group per domain (Redash's layout). Listing commands take ``--json`` for
 scripts (one JSON object per line); failures exit non-zero with a one-line message.
@@ -340,3 +340,56 @@ def clear_cache_command():
     except purge.ClearFailed as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"cache cleared ({backend})")
+
+
+# -- storage --------------------------------------------------------------------------
+
+storage_cli = AppGroup("storage", help="Where the bytes live.")
+
+
+@storage_cli.command("migrate")
+@click.option(
+    "--from-dir", "from_dir", type=click.Path(file_okay=False), default=None,
+    help="The local storage directory to copy from (default: STORAGE_DIR).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def migrate_storage_command(from_dir, as_json):
+    """Copy every local blob into the bucket STORAGE_URL names, each verified by its
+    SHA-256; blobs already there are skipped, so a stopped run resumes and a second run
+    copies only what was uploaded meanwhile. Nothing local is changed. Exits 1 when a
+    blob is missing or corrupt locally (README, "From local disk to a bucket")."""
+    from flask import current_app
+
+    from . import migration, storage
+
+    store = storage.current()
+    # During the switch the app reads through to local disk (STORAGE_LOCAL_FALLBACK):
+    # the copy goes to the bucket behind it, never to the fallback.
+    target = getattr(store, "primary", store)
+    if isinstance(target, storage.LocalStorage):
+        raise click.ClickException("STORAGE_URL names no bucket: there is nothing to migrate to")
+    source = storage.LocalStorage(from_dir or current_app.config["STORAGE_DIR"])
+    blobs, size = migration.totals()
+    try:
+        if as_json:
+            report = migration.migrate(source, target)
+        else:
+            # The bar goes to stderr: stdout stays the summary.
+            with click.progressbar(length=size, label=f"copying {blobs} blob(s)", file=sys.stderr,
+                                   show_pos=True) as bar:
+                report = migration.migrate(source, target, progress=bar.update)
+    except storage.StorageUnavailable as exc:
+        raise click.ClickException(f"the bucket stopped answering ({exc}); run again to resume") from None
+    if as_json:
+        _echo_json(report.as_dict())
+    else:
+        for sha256 in report.missing:
+            click.echo(f"missing\t{sha256}\tnot in {source.root}")
+        for sha256 in report.corrupt:
+            click.echo(f"corrupt\t{sha256}\tlocal bytes do not hash to their name")
+        click.echo(
+            f"{report.blobs} blob(s): {report.copied} copied ({report.bytes_copied} bytes), "
+            f"{report.already} already in the bucket, {report.problems} with problems", err=True,
+        )
+    if report.problems:
+        raise click.ClickException(f"{report.problems} blob(s) could not be copied (missing or corrupt locally)")

@@ -17,6 +17,24 @@ DEFAULTS: dict[str, object] = {
     # else the instance folder. Never the code's directory in production, which is
     # read-only there (deploy/*.service).
     "STATE_DIR": None,
+    # Bytes in an S3-compatible bucket instead: ``s3://bucket/prefix`` (storage_s3.py).
+    # STORAGE_DIR is then the node's local scratch space (nginx's upload bodies, the
+    # fast-path counting's bookmark). None: the local directory holds the bytes.
+    "STORAGE_URL": None,
+    # The store's endpoint (None: AWS), region, and keys (None: the standard AWS
+    # environment variables, config files or instance role). No secret has a default.
+    "S3_ENDPOINT_URL": None,
+    "S3_REGION": None,
+    "S3_ACCESS_KEY_ID": None,
+    "S3_SECRET_ACCESS_KEY": None,
+    # Every call to the store is bounded: seconds to connect, to wait for an answer, and
+    # attempts in all (botocore's standard retries).
+    "S3_CONNECT_TIMEOUT": 3,
+    "S3_READ_TIMEOUT": 10,
+    "S3_MAX_ATTEMPTS": 3,
+    # While moving from local disk to a bucket (manage.py storage migrate): blobs the
+    # bucket does not hold yet are read from STORAGE_DIR, so no read fails (README).
+    "STORAGE_LOCAL_FALLBACK": False,
     # Absolute base of the URLs handed out. Client headers (Host, X-Forwarded-*) are never
     # trusted for it: see README "Public URL".
     "PUBLIC_URL": "http://127.0.0.1:8000",
@@ -99,6 +117,11 @@ DEFAULTS: dict[str, object] = {
     "DOWNLOADS_CLIENT_ADDRESS": False,
     # The latest transfers GET /file/<filehash>/downloads lists.
     "DOWNLOADS_LIST_LIMIT": 1000,
+    # 0: one machine, whose sweep counts FAST_PATH_LOG. N > 0: several nodes, each with
+    # its own nginx, log and grants: every node's gunicorn counts its own log and removes
+    # the grants other nodes' changes outdated, every N seconds (sweep.start_node_upkeep);
+    # the sweep, which runs on a worker machine, counts nothing.
+    "NODE_UPKEEP_INTERVAL": 0,
     # werkzeug.security method for file passwords (salted, slow).
     "PASSWORD_HASH_METHOD": "scrypt",
     # Seconds a right password is remembered per file (under an HMAC in the cache), so

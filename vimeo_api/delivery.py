@@ -7,7 +7,8 @@ blob, with sendfile for whole files when the server offers it; range and multipa
 answers are built here.
 
 ``AccelSender`` (``DELIVERY = "accel"``, the stack): the app answers
-``X-Accel-Redirect`` and nginx sends the bytes, ranges included. nginx copies only a few
+``X-Accel-Redirect`` and nginx sends the bytes, ranges included, from the blob's file or
+from the bucket (a presigned GET nginx proxies; the storage says which). nginx copies only a few
 of the app's headers on such a redirect (Content-Type, Content-Disposition,
 Cache-Control, Expires, Set-Cookie, Accept-Ranges) and drops ETag, Last-Modified,
 Content-Security-Policy and Surrogate-Key, so the validators, the cache class, the policy
@@ -66,10 +67,20 @@ def current() -> Sender:
 
 
 class AppSender(Sender):
-    """The app streams the bytes itself."""
+    """The app streams the bytes itself.
+
+    A whole file is one ``open``; a range is opened as that range (a bucket reads it
+    with a ranged GET, memory stays flat), and the ranges of a multipart answer are
+    opened one after another, so nothing here seeks in a stream that cannot.
+    """
 
     def prepare(self, sha256: str, decision: Decision):
-        return storage.current().open(sha256)
+        store = storage.current()
+        if decision.status == 206:
+            # The first range now (its bytes must be there before a download is used).
+            start, stop = decision.ranges[0]
+            return _Ranges(store, sha256, store.open(sha256, start, stop))
+        return store.open(sha256)
 
     def discard(self, blob) -> None:
         blob.close()
@@ -137,34 +148,58 @@ class _Counted:
                 log.exception("could not record what a transfer sent")
 
 
+class _Ranges:
+    """The open ranges of one 206 answer: the first opened by ``prepare``, each later
+    one when its turn comes; ``close`` closes whichever is open."""
+
+    def __init__(self, store, sha256: str, first):
+        self._store, self._sha256, self._open = store, sha256, first
+        self._first = True
+
+    def stream(self, start: int, stop: int):
+        """A stream of [start, stop) positioned at ``start``."""
+        if self._first:
+            self._first = False
+        else:
+            self._open.close()
+            self._open = self._store.open(self._sha256, start, stop)
+        return self._open
+
+    def close(self) -> None:
+        self._open.close()
+
+
 # One plain byte range, as media players send: nginx parses it exactly as we do.
 _PLAIN_RANGE = re.compile(r"^bytes=(\d{1,18}-\d{0,18}|-\d{1,18})$")
 
 
 class AccelSender(AppSender):
-    """nginx sends the bytes (X-Accel-Redirect); the app does where nginx would not agree."""
+    """nginx sends the bytes (X-Accel-Redirect); the app does where nginx would not agree.
+
+    The storage names how nginx reaches the blob (``Storage.accel_headers``): a file in
+    an internal location, or a presigned GET of the bucket that an internal location
+    proxies (nginx.conf).
+    """
 
     def prepare(self, sha256: str, decision: Decision):
-        # Whether the bytes are there, without opening them when nginx will send them.
         if _nginx_agrees(request.headers, decision):
-            if not storage.current().exists(sha256):
-                raise FileNotFoundError(sha256)
-            return _ACCEL
+            # A Range the app did not honour (malformed, If-Range not holding, too many
+            # ranges) goes where nginx ignores it too.
+            whole = decision.status == 200 and "Range" in request.headers
+            # Whether the bytes are there, without opening them (FileNotFoundError).
+            return _Accel(storage.current().accel_headers(sha256, whole=whole))
         return super().prepare(sha256, decision)
 
     def discard(self, blob) -> None:
-        if blob is not _ACCEL:
+        if not isinstance(blob, _Accel):
             super().discard(blob)
 
     def send(self, resource, blob, decision: Decision, headers: dict[str, str],
              transfer: int | None = None) -> Response:
-        if blob is not _ACCEL:  # HEAD (None), or an answer the app sends itself
+        if not isinstance(blob, _Accel):  # HEAD (None), or an answer the app sends itself
             return super().send(resource, blob, decision, headers, transfer)
-        # A Range the app did not honour (malformed, If-Range not holding, too many
-        # ranges) goes to nginx's /_vimeo_whole/, where nginx ignores it too.
-        whole = decision.status == 200 and "Range" in request.headers
         response = Response(status=200, headers={
-            "X-Accel-Redirect": storage.current().accel_path(resource.sha256, whole=whole),
+            **blob.headers,
             "Content-Type": headers["Content-Type"],
             "Content-Disposition": headers["Content-Disposition"],
             "X-File-ETag": headers["ETag"],
@@ -180,7 +215,11 @@ class AccelSender(AppSender):
         return response
 
 
-_ACCEL = object()  # AccelSender's handle: the bytes exist and nginx will send them
+class _Accel:
+    """AccelSender's handle: the bytes exist and nginx will send them, reached so."""
+
+    def __init__(self, headers: dict[str, str]):
+        self.headers = headers
 
 
 def _nginx_agrees(headers, decision: Decision) -> bool:
@@ -190,11 +229,12 @@ def _nginx_agrees(headers, decision: Decision) -> bool:
     app decided (its not-modified filter, which no directive turns off for them): it
     compares If-Match with its own ETag and answers 412, and it answers 412 to an
     If-Unmodified-Since it cannot parse ("99999"), which RFC 9110 §13.1.4 says to ignore,
-    and dates it parses differently from us. Neither does it take a Range that is not one
-    plain range as we do: it parses lists, spaces and malformed values its own way (416
-    where RFC 9110 says ignore, no merging of ranges). The app sends those answers itself.
-    (If-None-Match and If-Modified-Since are safe: the app answered 304 where they hold,
-    and nginx's etag and if_modified_since are off in those locations.)
+    dates it parses differently from us, and any where it knows no modification time (a
+    bucket). Neither does it take a Range that is not one plain range as we do: it parses
+    lists, spaces and malformed values its own way (416 where RFC 9110 says ignore, no
+    merging of ranges). The app sends those answers itself. (If-None-Match and
+    If-Modified-Since are safe: the app answered 304 where they hold, and nginx's etag
+    and if_modified_since are off in those locations.)
     """
     if "If-Match" in headers or "If-Unmodified-Since" in headers:
         return False
@@ -214,7 +254,7 @@ def _multipart(resource, blob, decision: Decision, headers: dict) -> Response:
         try:
             for part_header, start, stop in parts:
                 yield part_header
-                yield from _read(blob, start, stop)
+                yield from _read(blob.stream(start, stop), stop - start)
             yield closing
         finally:
             blob.close()
@@ -224,16 +264,15 @@ def _multipart(resource, blob, decision: Decision, headers: dict) -> Response:
 
 def _slice(blob, start: int, stop: int):
     try:
-        yield from _read(blob, start, stop)
+        yield from _read(blob.stream(start, stop), stop - start)
     finally:
         blob.close()
 
 
-def _read(blob, start: int, stop: int):
-    blob.seek(start)
-    left = stop - start
+def _read(stream, length: int):
+    left = length
     while left > 0:
-        chunk = blob.read(min(CHUNK, left))
+        chunk = stream.read(min(CHUNK, left))
         if not chunk:
             log.error("stored bytes shorter than recorded")
             return

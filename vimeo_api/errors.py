@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Mapping
 
 from flask import g, jsonify
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -124,7 +125,22 @@ def _unexpected(exc: Exception):
     return error_response(500)
 
 
-def register_error_handlers(app) -> None:
+def _unavailable(message: str):
+    """The handler of a dependency's own exception: 503 with Retry-After. What failed is
+    logged (the exception names the call, never a secret); the client gets ``message``."""
+
+    def handler(exc: Exception):
+        log.warning("%s unavailable: %s", type(exc).__name__, str(exc)[:300])
+        return error_response(503, message, [("Retry-After", "5")])
+
+    return handler
+
+
+def register_error_handlers(app, unavailable: Mapping[type[Exception], str] | None = None) -> None:
+    """One JSON answer per kind of failure. ``unavailable`` maps exceptions of the
+    dependencies a request may need (the storage) to the message of their 503."""
+    for exc_class, message in (unavailable or {}).items():
+        app.register_error_handler(exc_class, _unavailable(message))
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(OperationalError, _database_down)
     app.register_error_handler(InternalServerError, _unexpected)

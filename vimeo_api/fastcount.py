@@ -9,6 +9,12 @@ committed: a crash between the two counts that batch twice, a failed commit coun
 nothing and the batch is read again.
 Only files are counted; published versions use no downloads (SPEC 3.5). The counts go
 to the domain (``files.count_late_downloads``), which also ends the files they use up.
+
+On several nodes each nginx writes its own log, which only its own machine can read:
+there every gunicorn worker of a node counts it from a thread (``NODE_UPKEEP_INTERVAL``,
+``sweep.start_node_upkeep``), the lock lets one count at a time, the bookmark lives in
+the node's own ``STORAGE_DIR`` (its scratch space), and the sweep, which runs on a
+worker machine, counts nothing.
 """
 
 from __future__ import annotations
@@ -45,3 +51,9 @@ def _add(lines: bytes) -> int:
     if downloads:
         files.count_late_downloads({fh: (n, served[fh]) for fh, n in downloads.items()})
     return sum(downloads.values())
+
+
+def counted_by_nodes(cfg) -> bool:
+    """Whether each node's web processes count their own log (``sweep.start_node_upkeep``),
+    so that the sweep, which runs elsewhere, does not."""
+    return bool(cfg["NODE_UPKEEP_INTERVAL"])

@@ -6,11 +6,12 @@ Registered only with ``FAST_PATH`` on; nginx never lets a client reach it (inter
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, Response
 
 from . import files, grants, metacache, versions
 from .grants import Grant
-from .models import utcnow
 
 bp = Blueprint("fastpath", __name__)
 
@@ -46,12 +47,7 @@ def _answer(grant: Grant | None) -> Response:
     if grant is None:
         return _refuse()
     response = Response(status=200, headers=grant.headers())
-    now = int(utcnow().timestamp())
-    until = now + grants.MAX_AGE
-    if grant.expires_at is not None:
-        # nginx uses an entry through the whole second it names: stop a second early.
-        until = min(until, int(grant.expires_at.timestamp()) - 1)
-    response.headers["X-Accel-Expires"] = f"@{until}"
+    response.headers["X-Accel-Expires"] = f"@{grant.cache_until(time.time())}"
     return response
 
 

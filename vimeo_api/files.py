@@ -22,7 +22,7 @@ from sqlalchemy.orm.util import identity_key
 from . import blobs, events, security, transfers
 from .extensions import db
 from .models import Blob, File, FileStatus, GoneReason, utcnow
-from .storage import UploadFile
+from .storage import Upload
 
 UNSET = object()
 
@@ -49,7 +49,7 @@ def find(filehash: str) -> File | None:
     return db.session.execute(select(File).where(File.filehash == filehash)).scalar_one_or_none()
 
 
-def create(upload: UploadFile, filename: str, content_type: str, options: Options, *,
+def create(upload: Upload, filename: str, content_type: str, options: Options, *,
            filehash: str | None = None, owner_token: str | None = None) -> tuple[File, str]:
     """Store an upload and its row; returns the file and its owner token (shown once).
 
@@ -93,7 +93,7 @@ def create(upload: UploadFile, filename: str, content_type: str, options: Option
     return file, token
 
 
-def replace_content(file: File, upload: UploadFile, content_type: str | None) -> File:
+def replace_content(file: File, upload: Upload, content_type: str | None) -> File:
     """New bytes for an existing URL: new SHA-256, new ETag, new Last-Modified.
     Options and the download count stay as they are."""
     now = whole_second(utcnow())

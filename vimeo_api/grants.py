@@ -40,6 +40,17 @@ against the row every time it asks (once a second per hot file, ``MAX_AGE``), wh
 the metadata cache says, so such a grant ends within that second rather than at the
 sweep's audit. The digest includes the file's ``access_version``: a file that had a
 password added and removed again never matches a grant made before.
+
+**With the bytes in a bucket, on several nodes** (``Storage.nginx_file`` is None), there
+is no blob to link to: a grant is an empty marker file at the same path, which nginx
+checks the same way before it proxies the presigned GET the answer names
+(``Storage.nginx_fetch``). A writer removes its own node's markers as above (bound zero
+there), but not another node's. So each node's answer is checked against the database
+(the state every node shares) every time nginx asks, even where a marker exists, and
+nginx may keep it only through the second in which the row was read
+(``Grant.cache_until``): a change on any node ends every other node's fast path less
+than one second after its commit (tests/cluster checks it with two nodes). Markers other
+nodes outdated are removed by each node's own upkeep (``sweep.start_node_upkeep``).
 """
 
 from __future__ import annotations
@@ -47,7 +58,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from flask import Flask, current_app
@@ -91,6 +103,10 @@ class Grant:
     resource: object  # the File / FileMeta / Version the headers come from
     klass: CacheClass  # PUBLIC or IMMUTABLE
     expires_at: datetime | None
+    # How nginx fetches the bytes when it cannot read them as a file (the bucket), and
+    # when the row this grant was checked against was read (time.time()).
+    fetch: dict[str, str] | None = field(default=None, compare=False)
+    read_at: float | None = field(default=None, compare=False)
 
     @property
     def digest(self) -> str:
@@ -108,10 +124,25 @@ class Grant:
     def relpath(self) -> str:
         return f"{self.kind}/{self.ident[:2]}/{self.ident}/{self.digest}"
 
+    def cache_until(self, now: float) -> int:
+        """The last second (Unix time) through which nginx may use this answer.
+
+        A grant on disk guards its answer, so the answer may live MAX_AGE seconds. One
+        with no file behind it (the bucket) is only as good as the row it was read
+        from: through the end of the second of that read, less than one second. Never
+        through the second of the file's expiry: nginx uses an entry through the whole
+        second it names, so it stops a second early.
+        """
+        until = int(now) + MAX_AGE if self.fetch is None else int(self.read_at)
+        if self.expires_at is not None:
+            until = min(until, int(self.expires_at.timestamp()) - 1)
+        return until
+
     def headers(self) -> dict[str, str]:
         """The answer's headers, under the private names nginx's fast path re-adds."""
         h = content_headers(self.resource, self.klass)
         return {
+            **(self.fetch or {}),
             "X-Vimeo-Grant": self.relpath,
             "X-File-Content-Type": h["Content-Type"],
             "X-File-Content-Disposition": h["Content-Disposition"],
@@ -172,31 +203,43 @@ def ensure_version(found: tuple[Version, File] | None, *, verify: bool = False) 
 def _ensure(grant: Grant | None, reload, verify: bool = False) -> Grant | None:
     if grant is None or not enabled():
         return None
+    store = storage.current()
+    blob = store.nginx_file(grant.resource.sha256)
+    fetch = store.nginx_fetch(grant.resource.sha256) if blob is None else None
+    if blob is None and fetch is None:
+        return None  # nginx can reach this storage's blobs neither way
     path = os.path.join(_root(), grant.relpath)
     if os.path.lexists(path):
-        return _verified(grant, path, reload) if verify else grant
+        # On local disk every writer removes the grants it outdates before it answers
+        # (``verify``: nginx's subrequest checks anyway). With a bucket, a writer on
+        # another node cannot: the database says, each time.
+        if fetch is None and not verify:
+            return grant
+        return _verified(grant, path, reload, fetch)
     storage.make_dirs(os.path.dirname(path))
-    blob = storage.current().nginx_file(grant.resource.sha256)
-    if blob is None:
-        return None  # nginx cannot serve this storage's blobs as files
     try:
-        os.symlink(os.path.relpath(blob, os.path.dirname(path)), path)
+        if blob is not None:
+            os.symlink(os.path.relpath(blob, os.path.dirname(path)), path)
+        else:
+            # What nginx checks before it proxies the bucket (try_files): a marker.
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o640))
     except FileExistsError:
         pass
     except FileNotFoundError:
         return None  # a writer removed the directory meanwhile: no grant this time
-    return _verified(grant, path, reload)
+    return _verified(grant, path, reload, fetch)
 
 
-def _verified(grant: Grant, path: str, reload) -> Grant | None:
+def _verified(grant: Grant, path: str, reload, fetch=None) -> Grant | None:
     """The grant if the database's row still has its state; else it is removed."""
     # In a new transaction: a snapshot taken before a writer's commit would not see it.
+    read_at = time.time()
     db.session.rollback()
     current = reload()
     if current is None or current.digest != grant.digest:
         _unlink(path)
         return None
-    return grant
+    return grant if fetch is None else replace(grant, fetch=fetch, read_at=read_at)
 
 
 def _fresh_file(filehash: str) -> File | None:

@@ -1,6 +1,7 @@
 """Raw-PUT upload offload: in the stack nginx writes a raw upload's body to a file on the
 storage filesystem and names it in ``X-Vimeo-Body-File``; the app hashes that file and
-renames it into place instead of copying the bytes through Python.
+renames it into place instead of copying the bytes through Python (with the bytes in a
+bucket, the file is the node's local scratch and ``adopt`` streams it up in parts).
 
 nginx sets the header on the upload location only and blanks it everywhere else, so a
 client never chooses it; the path is still checked to lie in ``<STORAGE_DIR>/nginx-body/``
@@ -25,7 +26,7 @@ BODY_FILE_HEADER = "X-Vimeo-Body-File"
 BODY_DIR = storage.BODY_DIR
 
 
-def offloaded_body(request: Request) -> UploadFile | None:
+def offloaded_body(request: Request) -> storage.Upload | None:
     """The body file nginx already wrote for this request, adopted as an upload; None when
     the body is to be read from the request stream (no header, or offload off)."""
     cfg = current_app.config

@@ -3,10 +3,14 @@
 Every caller goes through it and none touches a path: write a stream atomically
 (``new_upload`` / ``adopt``, then ``place``, which knows the SHA-256 and size), open a
 blob (with a byte range), delete, exists, stat, iterate stored blobs, and how nginx
-reaches a blob (``accel_path``, ``nginx_file``). ``LocalStorage`` keeps content once per
-SHA-256 under ``blobs/ab/cd/<sha256>``; uploads stream into ``tmp/`` on the same
-filesystem so that placing them is a rename, never a copy. No path here is ever built
-from anything a client sent: only from hashes and random names.
+reaches a blob (``accel_headers``, ``nginx_file``, ``nginx_fetch``). ``LocalStorage``
+keeps content once per SHA-256 under ``blobs/ab/cd/<sha256>``; uploads stream into
+``tmp/`` on the same filesystem so that placing them is a rename, never a copy. No path
+here is ever built from anything a client sent: only from hashes and random names.
+
+``init_app`` picks the backend by ``STORAGE_URL``'s scheme among the backends the app
+factory hands it (``s3://bucket/prefix``: vimeo_api/storage_s3.py); no URL means the
+local directory ``STORAGE_DIR``. This is the one place the choice is made.
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from flask import Flask, current_app
 
@@ -39,24 +43,68 @@ ACCEL_PREFIX = "/_vimeo_blobs/"
 ACCEL_WHOLE_PREFIX = "/_vimeo_whole/"
 
 
+class StorageUnavailable(OSError):
+    """The store could not be reached or refused a call: the request answers 503 with
+    Retry-After (errors.py), a task retries (it retries on OSError), ``files verify``
+    reports the blob unreadable. The message names the call, never a key or endpoint."""
+
+
 @dataclass(frozen=True)
 class BlobStat:
+    """What a stored blob's size and modification time are."""
+
     size: int
     mtime: float
+
+
+class Upload:
+    """A sink the bytes of one upload are written to while they are hashed and counted;
+    ``Storage.place`` makes it visible under its SHA-256. Closing it unplaced discards
+    everything it wrote (a failed or cut-off upload leaves nothing)."""
+
+    size: int
+    placed: bool
+
+    def write(self, data) -> int:
+        raise NotImplementedError
+
+    def copy_from(self, stream) -> None:
+        """Copy a body stream in chunks (memory stays flat whatever the size)."""
+        raise NotImplementedError
+
+    @property
+    def sha256(self) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class Storage:
     """What the rest of the app may ask of a storage backend."""
 
-    def new_upload(self) -> "UploadFile":
+    # Whether nginx, sending a blob (accel_headers), knows its modification time: it
+    # re-checks If-Unmodified-Since against it before the app's headers are added. The
+    # local blobs' mtime is never later than the Last-Modified of a file using them; a
+    # bucket's answer gives nginx nothing it may use, so the app sends those answers.
+    nginx_knows_mtime = False
+
+    def new_upload(self) -> Upload:
         """A sink that hashes and counts what is written; closing it unplaced discards it."""
         raise NotImplementedError
 
-    def adopt(self, path: str) -> "UploadFile":
-        """A complete body file another process (nginx) wrote on this machine."""
+    def adopt(self, path: str) -> Upload:
+        """A complete body file another process (nginx) wrote on this machine; the upload
+        owns it from then on."""
         raise NotImplementedError
 
-    def place(self, upload: "UploadFile", mtime: float) -> bool:
+    def place(self, upload: Upload, mtime: float) -> bool:
         """Make a finished upload visible under its SHA-256; False when already stored."""
         raise NotImplementedError
 
@@ -87,8 +135,10 @@ class Storage:
         """Bytes an upload may still take on the storage, None when it cannot tell."""
         return None
 
-    def accel_path(self, sha256: str, *, whole: bool = False) -> str:
-        """The X-Accel-Redirect target through which nginx sends this blob."""
+    def accel_headers(self, sha256: str, *, whole: bool = False) -> dict[str, str]:
+        """The headers of an X-Accel-Redirect answer by which nginx sends this blob
+        (``whole``: nginx must ignore the request's Range); FileNotFoundError when the
+        blob is not stored, so that missing bytes cost no download."""
         raise NotImplementedError
 
     def nginx_file(self, sha256: str) -> str | None:
@@ -96,10 +146,37 @@ class Storage:
         or None when nginx cannot reach the blob as a file."""
         return None
 
+    def nginx_fetch(self, sha256: str) -> dict[str, str] | None:
+        """Headers that let nginx fetch this blob over HTTP itself (a presigned GET of a
+        bucket), for the fast path of a storage nginx cannot read as files; None when
+        nginx reads the blobs as files (``nginx_file``)."""
+        return None
 
-def init_app(app: Flask) -> None:
-    """Choose the backend once, at start-up."""
-    app.extensions["vimeo_storage"] = LocalStorage(app.config["STORAGE_DIR"])
+
+BackendFactory = Callable[[Mapping], Storage]
+
+
+def init_app(app: Flask, backends: Mapping[str, BackendFactory] | None = None) -> None:
+    """Choose the backend once, at start-up: ``STORAGE_URL``'s scheme names one of
+    ``backends`` (the app factory wires them: ``{"s3": S3Storage.from_config}``), built
+    from the app's settings; no URL, the local directory ``STORAGE_DIR``. With
+    ``STORAGE_LOCAL_FALLBACK`` (a migration from local disk, README) blobs the backend
+    does not have yet are read from ``STORAGE_DIR``."""
+    cfg = app.config
+    local = LocalStorage(cfg["STORAGE_DIR"])
+    url = cfg.get("STORAGE_URL")
+    if not url:
+        chosen: Storage = local
+    else:
+        scheme = urlsplit(str(url)).scheme
+        factory = (backends or {}).get(scheme)
+        if factory is None:
+            known = ", ".join(f"{name}://" for name in sorted(backends or {})) or "none"
+            raise ValueError(f"STORAGE_URL: no storage backend for {scheme or 'its'} scheme (known: {known})")
+        chosen = factory(cfg)
+        if cfg.get("STORAGE_LOCAL_FALLBACK"):
+            chosen = FallbackStorage(chosen, local)
+    app.extensions["vimeo_storage"] = chosen
 
 
 def current() -> Storage:
@@ -107,7 +184,7 @@ def current() -> Storage:
     return current_app.extensions["vimeo_storage"]
 
 
-class UploadFile:
+class UploadFile(Upload):
     """A temporary file on the storage filesystem that hashes what is written to it.
 
     werkzeug's multipart parser writes file parts straight into it (see uploads.py), raw
@@ -200,6 +277,8 @@ class UploadFile:
 class LocalStorage(Storage):
     """Blobs on a local directory, plus the temporary area uploads stream into."""
 
+    nginx_knows_mtime = True
+
     def __init__(self, root: str):
         self.root = root
         self.tmp_dir = os.path.join(root, "tmp")
@@ -225,9 +304,15 @@ class LocalStorage(Storage):
         return os.path.join(self.blob_dir, sha256[:2], sha256[2:4], sha256)
 
     def accel_path(self, sha256: str, *, whole: bool = False) -> str:
+        """The X-Accel-Redirect target of nginx.conf's internal locations for this blob."""
         # nginx percent-decodes this value and cuts it at "?": encode it.
         below_blobs = os.path.relpath(self.blob_path(sha256), self.blob_dir)
         return quote((ACCEL_WHOLE_PREFIX if whole else ACCEL_PREFIX) + below_blobs)
+
+    def accel_headers(self, sha256: str, *, whole: bool = False) -> dict[str, str]:
+        if not self.exists(sha256):
+            raise FileNotFoundError(sha256)
+        return {"X-Accel-Redirect": self.accel_path(sha256, whole=whole)}
 
     def nginx_file(self, sha256: str) -> str:
         return self.blob_path(sha256)
@@ -343,3 +428,67 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class FallbackStorage(Storage):
+    """A backend (the bucket) that reads what it does not hold yet from the local
+    directory the deployment used before: the switch from local disk to a bucket
+    (``manage.py storage migrate``, README) then never fails a read, whichever blobs have
+    been copied so far. Everything is written to the backend; a deletion removes both
+    copies; the orphan sweep and the stale-upload sweep look at both."""
+
+    def __init__(self, primary: Storage, fallback: "LocalStorage"):
+        self.primary = primary
+        self.fallback = fallback
+
+    def __repr__(self) -> str:
+        return f"FallbackStorage({self.primary!r}, local fallback)"
+
+    def new_upload(self) -> Upload:
+        return self.primary.new_upload()
+
+    def adopt(self, path: str) -> Upload:
+        return self.primary.adopt(path)
+
+    def place(self, upload: Upload, mtime: float) -> bool:
+        return self.primary.place(upload, mtime)
+
+    def open(self, sha256: str, start: int = 0, stop: int | None = None) -> BinaryIO:
+        try:
+            return self.primary.open(sha256, start, stop)
+        except FileNotFoundError:
+            return self.fallback.open(sha256, start, stop)
+
+    def delete(self, sha256: str) -> bool:
+        deleted = self.primary.delete(sha256)
+        return self.fallback.delete(sha256) or deleted
+
+    def exists(self, sha256: str) -> bool:
+        return self.primary.exists(sha256) or self.fallback.exists(sha256)
+
+    def stat(self, sha256: str) -> BlobStat | None:
+        return self.primary.stat(sha256) or self.fallback.stat(sha256)
+
+    def iter_blobs(self) -> Iterator[str]:
+        yield from self.primary.iter_blobs()
+        yield from self.fallback.iter_blobs()
+
+    def remove_stale_uploads(self, older_than: float) -> int:
+        return self.primary.remove_stale_uploads(older_than) + self.fallback.remove_stale_uploads(older_than)
+
+    def check(self) -> None:
+        self.primary.check()
+
+    def accel_headers(self, sha256: str, *, whole: bool = False) -> dict[str, str]:
+        try:
+            return self.primary.accel_headers(sha256, whole=whole)
+        except FileNotFoundError:
+            return self.fallback.accel_headers(sha256, whole=whole)
+
+    def nginx_file(self, sha256: str) -> str | None:
+        return self.primary.nginx_file(sha256)
+
+    def nginx_fetch(self, sha256: str) -> dict[str, str] | None:
+        # The fast path asks the backend; a blob only the fallback holds answers 404
+        # there, and nginx hands the request to the app, which sends it (accel_headers).
+        return self.primary.nginx_fetch(sha256)

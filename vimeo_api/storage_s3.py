@@ -27,12 +27,13 @@ import secrets
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+
+from .storage import BlobStat, Storage, StorageUnavailable, Upload
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +65,14 @@ DEFAULT_COPY_PART_SIZE = 512 * MiB
 SLOW_CALL_READ_TIMEOUT = 300.0
 # Presigned URLs: SigV4 allows at most 7 days.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
-
-
-class StorageUnavailable(Exception):
-    """The bucket could not be reached or refused a call (the app answers 503)."""
-
-
-@dataclass(frozen=True)
-class BlobStat:
-    """What a stored blob's size and modification time are."""
-
-    size: int
-    mtime: float
+# The presigned GETs nginx fetches blobs with (accel_headers, nginx_fetch) are used at
+# once, or within the second a fast-path answer is cached: five minutes only absorb a
+# clock difference between the nodes and the store.
+DEFAULT_PRESIGN_SECONDS = 300
+# nginx.conf's internal locations that proxy a presigned GET of the bucket: the blob with
+# the request's Range cut by nginx, and the same where nginx must ignore the Range.
+ACCEL_S3 = "/_vimeo_s3"
+ACCEL_S3_WHOLE = "/_vimeo_s3_whole"
 
 
 def _check_sha256(sha256: str) -> str:
@@ -101,13 +98,15 @@ def _store_errors(action: str):
     """
     try:
         yield
+    except StorageUnavailable:
+        raise  # an OSError already said which call failed
     except ClientError as exc:
         raise StorageUnavailable(f"{action} failed: {_error_code(exc) or _status(exc)}") from exc
     except (BotoCoreError, OSError) as exc:
         raise StorageUnavailable(f"{action} failed: {type(exc).__name__}") from exc
 
 
-class S3Upload:
+class S3Upload(Upload):
     """A sink that streams what is written to it into the bucket while hashing it.
 
     werkzeug's multipart parser writes a file part into it with ``write`` and then calls
@@ -245,12 +244,15 @@ class S3Upload:
             raise
         self._fill = 0
 
-    def _pending(self) -> bytes:
-        """The bytes gathered since the last part was sent."""
+    def _take_rest(self) -> bytearray | bytes:
+        """The bytes gathered since the last part was sent, for the one request that ends
+        the upload: the part buffer itself, cut to them (no copy of up to a part's size
+        beside it; the buffer is not written to again)."""
         if not self._fill:
             return b""
-        with memoryview(self._part) as whole:
-            return bytes(whole[:self._fill])
+        rest, self._part = self._part, None
+        del rest[self._fill:]
+        return rest
 
     @property
     def sha256(self) -> str:
@@ -290,7 +292,7 @@ class S3Upload:
     def _complete(self) -> None:
         """Send what is buffered as the last part and complete the multipart upload."""
         if self._fill or not self._parts:
-            self._send_part(self._pending())
+            self._send_part(self._take_rest())
             self._fill = 0
         with _store_errors("CompleteMultipartUpload"):
             self._storage.slow_client.complete_multipart_upload(
@@ -396,7 +398,7 @@ class _BlobReader(io.RawIOBase):
         super().close()
 
 
-class S3Storage:
+class S3Storage(Storage):
     """Blobs in an S3 bucket under a key prefix, plus the temporary area uploads stream into."""
 
     def __init__(
@@ -409,13 +411,14 @@ class S3Storage:
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
         connect_timeout: float = 3.0,
-        read_timeout: float = 20.0,
+        read_timeout: float = 10.0,
         max_attempts: int = 3,
         addressing_style: str | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         max_single_copy: int = MAX_SINGLE_COPY,
         copy_part_size: int = DEFAULT_COPY_PART_SIZE,
         list_page_size: int = 1000,
+        presign_seconds: int = DEFAULT_PRESIGN_SECONDS,
     ):
         if not _BUCKET.match(bucket or ""):
             raise ValueError(f"not a valid bucket name: {bucket!r}")
@@ -431,6 +434,8 @@ class S3Storage:
             raise ValueError("S3_ADDRESSING_STYLE must be auto, path or virtual")
         if connect_timeout <= 0 or read_timeout <= 0 or max_attempts < 1:
             raise ValueError("S3 timeouts must be positive and S3_MAX_ATTEMPTS at least 1")
+        if not 1 <= presign_seconds <= MAX_PRESIGN_SECONDS:
+            raise ValueError(f"S3_PRESIGN_SECONDS must lie between 1 and {MAX_PRESIGN_SECONDS}")
         self.bucket = bucket
         self.prefix = _normalise_prefix(prefix)
         self.endpoint_url = endpoint_url or None
@@ -442,6 +447,7 @@ class S3Storage:
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
         self.max_attempts = int(max_attempts)
+        self.presign_seconds = int(presign_seconds)
         if addressing_style is None:
             # Custom endpoints (MinIO, rclone, Ceph) are usually reached by path; AWS
             # picks virtual-hosted style itself.
@@ -458,7 +464,8 @@ class S3Storage:
         ``S3_REGION``, ``S3_ACCESS_KEY_ID``/``S3_SECRET_ACCESS_KEY`` (else the standard
         AWS environment variables, config files or instance role), and the optional
         ``S3_CONNECT_TIMEOUT``, ``S3_READ_TIMEOUT``, ``S3_MAX_ATTEMPTS``,
-        ``S3_ADDRESSING_STYLE``, ``S3_PART_SIZE``. No secret has a default."""
+        ``S3_ADDRESSING_STYLE``, ``S3_PART_SIZE``, ``S3_PRESIGN_SECONDS``. No secret has a
+        default."""
         bucket, prefix = parse_storage_url(str(cfg.get("STORAGE_URL") or ""))
 
         def number(name, default, kind=float):
@@ -473,10 +480,11 @@ class S3Storage:
             access_key_id=cfg.get("S3_ACCESS_KEY_ID") or None,
             secret_access_key=cfg.get("S3_SECRET_ACCESS_KEY") or None,
             connect_timeout=number("S3_CONNECT_TIMEOUT", 3.0),
-            read_timeout=number("S3_READ_TIMEOUT", 20.0),
+            read_timeout=number("S3_READ_TIMEOUT", 10.0),
             max_attempts=number("S3_MAX_ATTEMPTS", 3, int),
             addressing_style=cfg.get("S3_ADDRESSING_STYLE") or None,
             part_size=number("S3_PART_SIZE", DEFAULT_PART_SIZE, int),
+            presign_seconds=number("S3_PRESIGN_SECONDS", DEFAULT_PRESIGN_SECONDS, int),
         )
 
     def __repr__(self) -> str:  # never the credentials
@@ -609,7 +617,7 @@ class S3Storage:
                 # with its SHA-256 for the stores that check it (AWS does).
                 with _store_errors("PutObject"):
                     self.client.put_object(
-                        Bucket=self.bucket, Key=target, Body=upload._pending(),
+                        Bucket=self.bucket, Key=target, Body=upload._take_rest(),
                         ContentType="application/octet-stream", Metadata=metadata,
                         ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode("ascii"),
                     )
@@ -751,6 +759,27 @@ class S3Storage:
             return self.client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
             )
+
+    def nginx_fetch(self, sha256: str) -> dict[str, str]:
+        """How nginx fetches the blob itself: a presigned GET split into the path and query
+        it requests (``X-Vimeo-S3-URI``) and the Host it must send (``X-Vimeo-S3-Host``,
+        the one signed), and the content hash its cache keys the bytes by
+        (``X-Vimeo-Blob``). nginx.conf's upstream ``vimeo_s3`` is the store's address:
+        nginx needs no resolver, and keeps its connections to the store open."""
+        url = urlsplit(self.presigned_get(sha256, self.presign_seconds))
+        return {
+            "X-Vimeo-S3-URI": f"{url.path}?{url.query}",
+            "X-Vimeo-S3-Host": url.netloc,
+            "X-Vimeo-Blob": sha256,
+        }
+
+    def accel_headers(self, sha256: str, *, whole: bool = False) -> dict[str, str]:
+        """X-Accel-Redirect to nginx.conf's location that proxies the presigned GET, once
+        a HEAD found the blob (FileNotFoundError otherwise: no download is used for
+        missing bytes; StorageUnavailable when the store does not answer)."""
+        if not self.exists(sha256):
+            raise FileNotFoundError(sha256)
+        return {"X-Accel-Redirect": ACCEL_S3_WHOLE if whole else ACCEL_S3, **self.nginx_fetch(sha256)}
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -16,7 +16,9 @@ wait on counting downloads.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -68,8 +70,9 @@ def run(batch_size: int | None = None, orphans: bool = True) -> SweepReport:
     batch_size = batch_size or cfg["SWEEP_BATCH_SIZE"]
     report = SweepReport()
     steps: list[tuple[str, Callable[[], int]]] = [
-        ("fast_downloads", fastcount.count_served),
-        ("transfers_finished", transfer_log.read),
+        # On several nodes each node reads its own nginx's logs (start_node_upkeep).
+        ("fast_downloads", lambda: 0 if fastcount.counted_by_nodes(cfg) else fastcount.count_served()),
+        ("transfers_finished", lambda: 0 if fastcount.counted_by_nodes(cfg) else transfer_log.read()),
         ("expired", lambda: drain(files.expire_due, batch_size)),
         ("stale_grants", lambda: grants.audit(batch_size)),
         ("retired", lambda: drain(versions.retire_due, batch_size)),
@@ -155,6 +158,41 @@ def remove_orphans(batch_size: int, min_age: float) -> int:
     if batch:
         adopted += flush()
     return adopted
+
+
+def start_node_upkeep(app) -> threading.Thread | None:
+    """On several nodes (``NODE_UPKEEP_INTERVAL``): what only the node itself can do, from
+    a daemon thread of each of its gunicorn workers: count the downloads its nginx
+    answered and what it sent of the transfers the app recorded (its own logs; a lock lets
+    one worker at a time), and remove the grants other
+    nodes' changes outdated (its own disk). The sweep does the rest, anywhere."""
+    interval = app.config["NODE_UPKEEP_INTERVAL"]
+    if not interval:
+        return None
+
+    lock_path = os.path.join(app.config["STORAGE_DIR"], "node-upkeep.lock")
+
+    def loop():
+        while True:
+            time.sleep(interval)
+            try:
+                os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+                with open(lock_path, "a") as lock:
+                    try:
+                        # One worker of the node at a time; the others skip this round.
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue
+                    with app.app_context():
+                        fastcount.count_served()
+                        transfer_log.read()
+                        grants.audit(app.config["SWEEP_BATCH_SIZE"])
+            except Exception:  # the database may be down: the next round reads on
+                log.exception("node upkeep failed")
+
+    thread = threading.Thread(target=loop, name="vimeo-node-upkeep", daemon=True)
+    thread.start()
+    return thread
 
 
 def start_embedded_sweeper(app) -> threading.Thread | None:

@@ -1,8 +1,9 @@
 """Reading an upload out of a request, multipart or raw, in one streaming pass.
 
 werkzeug's multipart parser asks ``Request._get_file_stream`` where to write each file
-part; we hand it an ``UploadFile`` on the storage filesystem that hashes as it writes, so
-a multipart upload is never spooled to /tmp or copied a second time.
+part; we hand it the storage's ``Upload`` (a file on the storage filesystem, or a
+multipart upload to the bucket) that hashes as it writes, so a multipart upload is never
+spooled to /tmp or copied a second time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from werkzeug.wsgi import get_input_stream
 
 from . import offload, storage
 from .errors import InsufficientStorage
-from .storage import UploadFile
+from .storage import Upload
 
 # Content types that say nothing about the content: the filename decides instead.
 _UNSPECIFIC = {"", "application/octet-stream", "application/x-www-form-urlencoded", "binary/octet-stream"}
@@ -66,7 +67,7 @@ class UploadRequest(Request):
                 return None
             raise BadRequest("The JSON body is nested too deeply.") from None
 
-    def new_upload(self) -> UploadFile:
+    def new_upload(self) -> Upload:
         upload = storage.current().new_upload()
         self.__dict__.setdefault("_uploads", []).append(upload)
         return upload
@@ -125,7 +126,7 @@ def ensure_room(request: Request) -> None:
         raise InsufficientStorage("The storage is nearly full (it keeps some space free); retry later.")
 
 
-def multipart_file(request: Request) -> tuple[UploadFile, str, str | None]:
+def multipart_file(request: Request) -> tuple[Upload, str, str | None]:
     """The uploaded part named ``file``, else the first file part → (upload, filename, type)."""
     files = request.files
     part = files.get("file")
@@ -134,7 +135,7 @@ def multipart_file(request: Request) -> tuple[UploadFile, str, str | None]:
     if part is None or not part.filename:
         raise BadRequest("No file was sent: use a multipart part named 'file' (curl -F file=@path).")
     upload = part.stream
-    if not isinstance(upload, UploadFile):  # defensive: never accept an in-memory part
+    if not isinstance(upload, Upload):  # defensive: never accept an in-memory part
         raise BadRequest("The file part could not be read.")
     if upload.size > current_app.config["MAX_UPLOAD_SIZE"]:
         # The body may carry MULTIPART_OVERHEAD more; the file may not.
@@ -142,7 +143,7 @@ def multipart_file(request: Request) -> tuple[UploadFile, str, str | None]:
     return upload, part.filename, part.mimetype
 
 
-def raw_body(request: Request) -> UploadFile:
+def raw_body(request: Request) -> Upload:
     """Copy a raw PUT body into an upload file, chunk by chunk (in the stack nginx has
     already written it to the storage filesystem: see offload.py)."""
     offloaded = offload.offloaded_body(request)

@@ -6,8 +6,9 @@
   fails the run: nothing is skipped);
 - a real gunicorn (``gunicorn_server``), the session's nginx stack (``nginx_stack``) and
   stacks of a test's own (``own_stack``);
-- the conformance suite's ``target``: the embedded app on SQLite and PostgreSQL, and the
-  stack;
+- the conformance suite's ``target``: the embedded app on SQLite and PostgreSQL, the
+  stack, and the stack with its bytes in an S3 bucket (``stack-s3``: a real
+  ``rclone serve s3`` process, deploy/s3server.py, started once per run);
 - Redis: a private server to stop and start, or keys of a test's own on the shared one.
 """
 
@@ -24,6 +25,8 @@ from vimeo_api.extensions import db
 
 from . import FAST_PASSWORD_HASH, PG_ADMIN_URL, PUBLIC_URL, SHARED_REDIS
 from .database import create_database, drop_database, empty_database, empty_tables, migrate_database
+from deploy.s3server import start_rclone
+
 from .services import LiveServer, PrivateRedis
 from .stacks import start_stack
 from .targets import FlaskTarget
@@ -136,6 +139,25 @@ def nginx_stack(pg_url, tmp_path_factory):
     stack.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """The run's S3 server: ``rclone serve s3`` (checks SigV4 signatures, presigned URLs
+    included) over a directory of its own; deployments use key prefixes of their own."""
+    root = tmp_path_factory.mktemp("s3")
+    server = start_rclone(root / "data", log_path=root / "rclone.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nginx_s3_stack(pg_url, s3_server, tmp_path_factory):
+    """The stack with its bytes in the bucket, for the whole run: nginx (presigned GETs
+    of the bucket, its content cache, the offload to local scratch) → gunicorn."""
+    stack = start_stack(tmp_path_factory.mktemp("stack-s3"), pg_url, s3=s3_server)
+    yield stack
+    stack.stop()
+
+
 @pytest.fixture
 def own_stack(pg_url, tmp_path):
     """Start a stack for this test alone (one that the test may break, or configure):
@@ -163,12 +185,25 @@ def stack_target(nginx_stack):
     nginx_stack.reset()
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "stack"])
+@pytest.fixture
+def stack_s3_target(nginx_s3_stack):
+    """The conformance suite's "stack-s3" target: clean tables and bucket for each test."""
+    nginx_s3_stack.reset()
+    t = nginx_s3_stack.target("stack-s3")
+    yield t
+    t.close()
+    nginx_s3_stack.reset()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "stack", "stack-s3"])
 def target(request, make_app):
     """The conformance suite's deployment: the embedded app on SQLite and on PostgreSQL,
-    and the stack, nginx (X-Accel, upload offload) in front of gunicorn on PostgreSQL."""
+    the stack, nginx (X-Accel, upload offload) in front of gunicorn on PostgreSQL, and the
+    same stack with its bytes in an S3 bucket (rclone)."""
     if request.param == "stack":
         t = request.getfixturevalue("stack_target")
+    elif request.param == "stack-s3":
+        t = request.getfixturevalue("stack_s3_target")
     else:
         t = FlaskTarget(request.param, make_app(backend=request.param))
     yield t

@@ -24,6 +24,7 @@ from deploy.stack import (
     check_nginx_conf,
     free_port,
     nginx_command,
+    s3_nginx_settings,
     wait_for_http,
     write_nginx_conf,
 )
@@ -55,6 +56,66 @@ def files_in(directory: Path) -> list[Path]:
     return [p for p in directory.rglob("*") if p.is_file()] if directory.exists() else []
 
 
+# -- a bucket -----------------------------------------------------------------------------
+
+class Bucket:
+    """The part of an S3 server's bucket one deployment uses (its key prefix), looked at
+    over S3 as the app sees it: objects, and multipart uploads not yet completed."""
+
+    def __init__(self, server, prefix: str):
+        self.server = server
+        self.name = server.bucket
+        self.prefix = prefix.strip("/") + "/"
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = self.server.client()
+        return self._client
+
+    def keys(self, area: str = "") -> list[str]:
+        """Every object key below ``<prefix><area>``, all pages, relative to the prefix."""
+        found = []
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=self.prefix + area)
+        for page in pages:
+            found += [item["Key"][len(self.prefix):] for item in page.get("Contents", ())]
+        return sorted(found)
+
+    def multipart_uploads(self) -> list[str]:
+        """Keys (relative to the prefix) of the multipart uploads started and not yet
+        completed or aborted."""
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self.client.list_multipart_uploads(Bucket=self.name, Prefix=self.prefix)
+        except ClientError as exc:  # rclone after a restart, before any upload (S3-NOTES.md)
+            if exc.response["Error"]["Code"] == "NoSuchUpload":
+                return []
+            raise
+        return sorted(item["Key"][len(self.prefix):] for item in answer.get("Uploads", ()))
+
+    def stored(self, area: str = "") -> list[str]:
+        """Objects below ``area`` and unfinished uploads there, relative to ``area``."""
+        area = area.strip("/") + "/" if area.strip("/") else ""
+        names = self.keys(area) + [key for key in self.multipart_uploads() if key.startswith(area)]
+        return sorted(name[len(area):] for name in names)
+
+    def blob_key(self, sha256: str) -> str:
+        return f"{self.prefix}blobs/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+    def get(self, sha256: str) -> bytes:
+        return self.client.get_object(Bucket=self.name, Key=self.blob_key(sha256))["Body"].read()
+
+    def empty(self) -> None:
+        """Every object and unfinished upload below the prefix removed."""
+        for key in self.multipart_uploads():
+            for upload in self.client.list_multipart_uploads(Bucket=self.name, Prefix=self.prefix + key).get("Uploads", ()):
+                self.client.abort_multipart_upload(Bucket=self.name, Key=upload["Key"], UploadId=upload["UploadId"])
+        for key in self.keys():
+            self.client.delete_object(Bucket=self.name, Key=self.prefix + key)
+
+
 # -- nginx in front of gunicorn -----------------------------------------------------------
 
 @dataclass
@@ -68,10 +129,21 @@ class NginxStack:
     base: str = ""  # nginx
     app_base: str = ""  # gunicorn, directly (to see what the app itself answered)
     services: dict = field(default_factory=dict)
+    bucket: "Bucket | None" = None  # the bytes are in S3 (start_stack(s3=...))
 
     @property
     def storage_dir(self) -> str:
+        """The app's STORAGE_DIR: the bytes, or with a bucket the node's scratch space."""
         return self.env["VIMEO_STORAGE_DIR"]
+
+    def stored(self, area: str = "") -> list[str]:
+        """What the storage holds below ``area`` ("blobs", "tmp"; "" for everything), as
+        paths relative to it: files on local disk, or objects and unfinished multipart
+        uploads in the bucket."""
+        if self.bucket is not None:
+            return self.bucket.stored(area)
+        directory = Path(self.storage_dir, area)
+        return sorted(str(p.relative_to(directory)) for p in files_in(directory))
 
     @property
     def body_dir(self) -> Path:
@@ -149,6 +221,8 @@ class NginxStack:
                 empty_tables(conn)
         finally:
             engine.dispose()
+        if self.bucket is not None:
+            self.bucket.empty()
         for entry in Path(self.storage_dir).iterdir():
             if entry == self.body_dir:
                 # nginx created this directory and writes into it: empty it, keep it.
@@ -165,19 +239,32 @@ class NginxStack:
         if transfers_log.exists():
             transfers_log.write_bytes(b"")
 
-    def target(self) -> HttpTarget:
-        """An ``HttpTarget`` on nginx that also follows the public URLs the API hands out."""
-        t = HttpTarget("stack", self.base, self.db_url, self.storage_dir)
+    def target(self, name: str = "stack") -> "StackTarget":
+        """A target on nginx that also follows the public URLs the API hands out."""
+        t = StackTarget(name, self)
         t.session.mount(PUBLIC_URL, PublicURLAdapter(PUBLIC_URL, self.base))
-        t.stack = self
         return t
 
 
+class StackTarget(HttpTarget):
+    """A conformance target on a stack's nginx; what is stored is the stack's to say
+    (files on disk, or objects in its bucket)."""
+
+    def __init__(self, name: str, stack: NginxStack):
+        super().__init__(name, stack.base, stack.db_url, stack.storage_dir)
+        self.stack = stack
+
+    def stored(self, area: str = "") -> list[str]:
+        return self.stack.stored(area)
+
+
 def start_stack(root: Path, db_url: str, *, public_url: str = PUBLIC_URL, delivery: str = "accel",
-                offload: bool = True, max_upload: int = 16 * MiB, nginx: dict | None = None,
+                offload: bool = True, max_upload: int = 16 * MiB, nginx: dict | None = None, s3=None,
                 **env_overrides) -> NginxStack:
     """nginx + gunicorn on free ports, files under ``root``; stop with ``NginxStack.stop``.
-    ``nginx``: more NginxSettings (TLS, trusted proxies, the flood guard's rate)."""
+    ``nginx``: more NginxSettings (TLS, trusted proxies, the flood guard's rate). ``s3``:
+    an S3 server (deploy/s3server.py) whose bucket holds the bytes, under a key prefix of
+    this stack's own; ``root/storage`` is then the node's scratch space."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "log").mkdir(exist_ok=True)
     nginx_port, app_port = free_port(), free_port()
@@ -211,6 +298,10 @@ def start_stack(root: Path, db_url: str, *, public_url: str = PUBLIC_URL, delive
         VIMEO_FAST_PATH_LOG=root / "log" / FAST_DOWNLOADS_LOG,
         VIMEO_TRANSFER_LOG=root / "log" / TRANSFERS_LOG,
     ), app_port, workers=2, threads=4)
+    bucket = None
+    if s3 is not None:
+        bucket = Bucket(s3, f"stack-{os.getpid()}-{nginx_port}")
+        env.update(s3.env(bucket.prefix))
     env.update({k: str(v) for k, v in env_overrides.items()})
     settings = NginxSettings(
         listen=f"127.0.0.1:{nginx_port}",
@@ -220,11 +311,12 @@ def start_stack(root: Path, db_url: str, *, public_url: str = PUBLIC_URL, delive
         log_dir=str(root / "log"),
         max_body_size=max_upload,
         worker_processes="2",
+        s3=s3_nginx_settings(env),
         **(nginx or {}),
     )
     scheme = "https" if settings.tls_cert else "http"
     stack = NginxStack(root, db_url, env, settings, base=f"{scheme}://127.0.0.1:{nginx_port}",
-                       app_base=f"http://{env['GUNICORN_BIND']}")
+                       app_base=f"http://{env['GUNICORN_BIND']}", bucket=bucket)
     try:
         stack.start_gunicorn()
         stack.start_nginx()

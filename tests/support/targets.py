@@ -1,9 +1,10 @@
 """One client interface over every deployment the conformance suite runs on.
 
 A ``Target`` speaks HTTP (``request``) and lets a test look behind the answers (``sql``,
-``storage_dir``): ``FlaskTarget`` is the app in-process through Flask's test client (the
+``stored``): ``FlaskTarget`` is the app in-process through Flask's test client (the
 embedded delivery), ``HttpTarget`` a deployment over real HTTP (gunicorn, or nginx in
-front of it). Uploads go through ``support.uploads.upload``.
+front of it; support.stacks' ``StackTarget`` also looks into its bucket). Uploads go
+through ``support.uploads.upload``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import io
 import json as jsonlib
 import secrets
+from pathlib import Path
 
 import requests
 from sqlalchemy import create_engine, text
@@ -48,6 +50,14 @@ class Target:
 
     def request(self, method, path, *, headers=None, data=None, files=None, json=None) -> Answer:
         raise NotImplementedError
+
+    def stored(self, area: str = "") -> list[str]:
+        """What the storage holds below ``area`` ("blobs", "tmp"; "" for everything), as
+        sorted paths relative to it: here the files below ``storage_dir``."""
+        directory = Path(self.storage_dir, area)
+        if not directory.exists():
+            return []
+        return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
 
     def url(self, path: str) -> str:
         """Absolute URLs (as the API hands out) and prefixed paths pass unchanged."""

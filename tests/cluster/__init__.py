@@ -1,0 +1,1 @@
+"""Several nodes behind a load balancer on one bucket (deploy/cluster.py, issue 14)."""
