@@ -100,7 +100,8 @@ class AppSender(Sender):
             if not blob:
                 body = ()
             elif transfer is not None:
-                body = _slice(blob, 0, resource.size)
+                # Chunks the server takes one by one, so that what was sent is counted.
+                body = _whole(blob, resource.size)
             else:
                 body = wrap_file(request.environ, blob, CHUNK)
             response = Response(body, status=200, headers=headers, direct_passthrough=True)
@@ -265,6 +266,13 @@ def _multipart(resource, blob, decision: Decision, headers: dict) -> Response:
 def _slice(blob, start: int, stop: int):
     try:
         yield from _read(blob.stream(start, stop), stop - start)
+    finally:
+        blob.close()
+
+
+def _whole(blob, size: int):
+    try:
+        yield from _read(blob, size)
     finally:
         blob.close()
 

@@ -126,7 +126,8 @@ def storage() -> LocalResumableStorage:
 
 def init_app(app) -> None:
     """The chunk storage and the per-process hash states."""
-    app.extensions["vimeo_resumable_storage"] = LocalResumableStorage(app.extensions["vimeo_storage"])
+    app.extensions["vimeo_resumable_storage"] = LocalResumableStorage(
+        app.config["STORAGE_DIR"], app.extensions["vimeo_storage"])
     app.extensions["vimeo_resumable_hashes"] = _HashStates(app.config["RESUMABLE_HASH_STATES"])
 
 

@@ -31,7 +31,7 @@ import re
 import secrets
 from collections.abc import Iterable, Iterator
 
-from .storage import CHUNK, LocalStorage
+from .storage import CHUNK, Storage
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -83,10 +83,11 @@ class FinishedUpload:
 class LocalResumable:
     """One upload's bytes, locked for the holder of this handle until ``close``."""
 
-    def __init__(self, fd: int, path: str, tmp_dir: str):
+    def __init__(self, fd: int, path: str, tmp_dir: str, storage: Storage):
         self._fd = fd
         self.path = path
         self._tmp_dir = tmp_dir
+        self._storage = storage
 
     def length(self) -> int:
         """Bytes stored, which after a killed worker may exceed what was acknowledged."""
@@ -133,12 +134,20 @@ class LocalResumable:
             position += len(block)
             yield block
 
-    def finish(self, sha256: str, size: int) -> FinishedUpload:
-        """The complete upload, ready to be placed under its hash."""
+    def finish(self, sha256: str, size: int):
+        """The complete upload, ready to be placed under its hash: a hard link to the data
+        file when the blobs are on this disk; else the link streamed into the storage
+        (``adopt``, which hashes it again on the way: checked against ``sha256``)."""
         os.makedirs(self._tmp_dir, mode=0o700, exist_ok=True)
         link = os.path.join(self._tmp_dir, secrets.token_hex(16) + ".part")
         os.link(self.path, link)
-        return FinishedUpload(link, sha256, size)
+        if self._storage.nginx_file(sha256) is not None:
+            return FinishedUpload(link, sha256, size)
+        upload = self._storage.adopt(link)
+        if (upload.sha256, upload.size) != (sha256, size):
+            upload.close()
+            raise OSError(errno.EIO, "the stored upload does not hash to what its chunks did")
+        return upload
 
     def discard(self) -> None:
         """Remove the bytes (the lock is still held, so no writer is mid-chunk)."""
@@ -161,11 +170,15 @@ class LocalResumable:
 
 
 class LocalResumableStorage:
-    """Unfinished uploads under ``<root>/resumable/``, beside the blobs."""
+    """Unfinished uploads under ``<STORAGE_DIR>/resumable/``: beside the blobs on local
+    disk; in the node's scratch space when the blobs are in a bucket, where the finished
+    upload is then streamed (``Storage.adopt``)."""
 
-    def __init__(self, storage: LocalStorage):
+    def __init__(self, root: str, storage: Storage):
+        self.root = root
         self.storage = storage
-        self.directory = os.path.join(storage.root, "resumable")
+        self.directory = os.path.join(root, "resumable")
+        self.tmp_dir = os.path.join(root, "tmp")
 
     def path(self, upload_id: str) -> str:
         if not UPLOAD_ID.match(upload_id):
@@ -202,7 +215,7 @@ class LocalResumableStorage:
         if not same:
             os.close(fd)
             raise UploadMissing(upload_id)
-        return LocalResumable(fd, self.path(upload_id), self.storage.tmp_dir)
+        return LocalResumable(fd, self.path(upload_id), self.tmp_dir, self.storage)
 
     def iter_uploads(self) -> Iterator[tuple[str, float]]:
         """(upload id, mtime) of every stored upload (for the sweep's orphan pass)."""
@@ -219,8 +232,8 @@ class LocalResumableStorage:
 
     def free_space(self) -> int:
         """Bytes an unprivileged writer may still use on the storage filesystem."""
-        os.makedirs(self.storage.root, exist_ok=True)
-        stat = os.statvfs(self.storage.root)
+        os.makedirs(self.root, exist_ok=True)
+        stat = os.statvfs(self.root)
         return stat.f_bavail * stat.f_frsize
 
 
