@@ -622,8 +622,6 @@ def main(argv: list[str] | None = None) -> int:
             max_body_size=args.max_upload_size, multipart_overhead=args.multipart_overhead,
             user=args.user, tls_cert=args.tls_cert, tls_key=args.tls_key,
             trusted_proxies=tuple(args.trusted_proxy),
-            max_body_size=args.max_upload_size,
-            user=args.user,
             # With the app's settings loaded (VIMEO_STORAGE_URL...): the bucket's locations.
             s3=s3_nginx_settings(dict(os.environ)),
         )))
