@@ -40,6 +40,7 @@ from contextlib import ExitStack
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 from flask import current_app
 from sqlalchemy import delete, func, select, update
@@ -148,7 +149,8 @@ def init_app(app, backends: Mapping[str, ResumableFactory] | None = None) -> Non
     machine's (SQLite); without, the files beside the local blobs."""
     cfg = app.config
     store = app.extensions["vimeo_storage"]
-    scheme = (cfg.get("STORAGE_URL") or "").split("://", 1)[0] if cfg.get("STORAGE_URL") else ""
+    url = cfg.get("STORAGE_URL")
+    scheme = urlsplit(str(url)).scheme if url else ""
     if not scheme:
         chunks = LocalResumableStorage(store)
     else:
