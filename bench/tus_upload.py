@@ -2,7 +2,7 @@
 """A 1 GiB resumable (tus) upload in 64 MiB chunks through the stack, against ``dd`` and
 against one raw PUT of the same size, in the same run.
 
-    .venv/bin/python bench/tus_upload.py [--size-mib 1024] [--chunk-mib 64] [--runs 3]
+    .venv/bin/python bench/tus_upload.py [--size-mib 1024] [--chunk-mib 64] [--runs 3] [--s3]
 
 nginx (the project's nginx.conf) in front of gunicorn (2 workers × 4 threads, X-Accel,
 upload offload, PostgreSQL). Per run, into the same storage directory:
@@ -21,6 +21,15 @@ sending one 64 MiB chunk at 32 MB/s, how long a gunicorn thread was busy with it
 (gunicorn's access log): the point of buffering. Also what the other SHA-256 strategy
 would add to the last chunk: hashing the whole stored file once it is complete, read
 from the page cache and from the disk (pages dropped with posix_fadvise).
+
+With ``--s3``, the same through the S3 stack instead (bench/s3.py: a local ``rclone
+serve s3``, gunicorn with ``STORAGE_URL`` on its bucket, nginx): ``dd`` into the
+directory rclone keeps its objects in, one raw PUT into the bucket, and the tus upload,
+whose chunks become the parts of a multipart upload (vimeo_api/resumable_s3.py); the last
+answer then includes completing it and copying 1 GiB to the content address
+(CopyObject), and the bucket must hold nothing of the upload afterwards. Also printed:
+how fast the two SHA-256s hash here (hashlib, and the one whose state travels with the
+row, vimeo_api/sha256_state.py).
 
 Not part of bench/suite.py (the lead wires it in).
 """
@@ -168,12 +177,105 @@ def rehash_seconds(path: Path) -> tuple[float, float]:
     return warm, cold
 
 
+def hash_speeds(megabytes: int = 256) -> dict[str, float]:
+    """MB/s of hashlib's SHA-256 and of Sha256State over the same 1 MiB blocks."""
+    from vimeo_api.sha256_state import Sha256State
+
+    block = os.urandom(MiB)
+    speeds = {}
+    for name, make in (("hashlib", hashlib.sha256), ("Sha256State", Sha256State)):
+        state = make()
+        start = time.perf_counter()
+        for _ in range(megabytes):
+            state.update(block)
+        state.hexdigest()
+        speeds[name] = megabytes * MiB / (time.perf_counter() - start) / 1e6
+    return speeds
+
+
+def s3_main(args) -> int:
+    """The S3 run: dd, one raw PUT and the tus upload through the S3 stack."""
+    from bench.s3 import start_s3_stack, upload_to_s3_through_nginx
+
+    size, chunk = args.size_mib * MiB, args.chunk_mib * MiB
+    work = ROOT / "var" / f"bench-tus-s3-{secrets.token_hex(3)}"
+    work.mkdir(parents=True)
+    db_url = create_database()
+    procs: list = []
+    stack = None
+    try:
+        stack = start_s3_stack(work, db_url, procs, {
+            "GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "4", "VIMEO_MAX_RESUMABLE_CHUNK_SIZE": str(chunk),
+        }, max_body_size=2 * size)
+        bucket_dir = Path(stack.server.data_dir) / stack.server.bucket
+        client = stack.server.client()
+        results = {"dd": [], "put": [], "tus": []}
+        peaks = {"put": [], "tus": []}
+        last = []
+        source = work / "source.bin"
+        for run in range(1, args.runs + 1):
+            sha = make_source(source, size)
+            results["dd"].append(size / dd_seconds(bucket_dir, args.size_mib) / 1e6)
+            put = upload_to_s3_through_nginx(stack, source, sha, {"X-Max-Downloads": "0"})
+            results["put"].append(put["mbps"])
+            peaks["put"].append(put["app_peak"])
+            _empty_s3(db_url, client, stack)
+            result = tus_upload(stack.nginx, source, sha, chunk, stack.gunicorn_proc.pid)
+            assert stack.object_size(sha) == size
+            left = client.list_objects_v2(Bucket=stack.server.bucket, Prefix=f"{stack.prefix}/tus/").get("KeyCount")
+            assert not left, "the tus upload left objects under tus/"
+            results["tus"].append(result["mbps"])
+            peaks["tus"].append(result["app_peak"])
+            last.append(result["last_chunk"])
+            _empty_s3(db_url, client, stack)
+            print(f"  run {run}: dd {results['dd'][-1]:.0f}, PUT {results['put'][-1]:.0f}, "
+                  f"tus {results['tus'][-1]:.0f} MB/s", file=sys.stderr, flush=True)
+        source.unlink()
+        med = {k: statistics.median(v) for k, v in results.items()}
+        speeds = hash_speeds()
+        print(f"\nmachine: nproc {os.cpu_count()}, {platform.machine()}, {platform.platform()}")
+        print(f"{args.size_mib} MiB through the S3 stack (nginx → gunicorn 2×4 → rclone serve s3, PostgreSQL), "
+              f"{args.runs} runs, medians; tus in {args.chunk_mib} MiB chunks\n")
+        print("| what | MB/s | × dd | × PUT | last answer | gunicorn worker peak RSS |")
+        print("|---|---:|---:|---:|---:|---:|")
+        print(f"| dd if=/dev/zero bs=1M conv=fsync, rclone's directory | {med['dd']:,.0f} | 1.00 | | | |")
+        print(f"| one raw PUT into the bucket (curl -T, nginx body offload) | {med['put']:,.0f} | "
+              f"{med['put'] / med['dd']:.2f} | 1.00 | | {max(peaks['put']) / MiB:.1f} MiB |")
+        print(f"| tus on S3: parts of a multipart upload | {med['tus']:,.0f} | {med['tus'] / med['dd']:.2f} | "
+              f"{med['tus'] / med['put']:.2f} | {statistics.median(last) * 1000:.0f} ms | "
+              f"{max(peaks['tus']) / MiB:.1f} MiB |")
+        print(f"\nSHA-256 here: hashlib {speeds['hashlib']:,.0f} MB/s, Sha256State {speeds['Sha256State']:,.0f} MB/s")
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        if stack is not None:
+            stack.server.stop()
+        drop_database(db_url)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _empty_s3(db_url: str, client, stack) -> None:
+    """The next upload starts from empty tables and an empty bucket prefix."""
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE files, blobs, resumable_uploads RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=stack.server.bucket, Prefix=stack.prefix + "/")
+    for page in pages:
+        for item in page.get("Contents", ()):
+            client.delete_object(Bucket=stack.server.bucket, Key=item["Key"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--chunk-mib", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--s3", action="store_true", help="through the S3 stack (rclone) instead")
     args = parser.parse_args()
+    if args.s3:
+        return s3_main(args)
     size, chunk = args.size_mib * MiB, args.chunk_mib * MiB
 
     work = ROOT / "var" / f"bench-tus-{secrets.token_hex(3)}"

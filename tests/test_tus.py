@@ -68,6 +68,63 @@ def data_file(target, location: str) -> Path:
     return Path(target.storage_dir, "resumable", upload_id(location))
 
 
+def _bucket(target):
+    """The bucket behind an S3 target (the stack on S3), else None."""
+    return getattr(getattr(target, "stack", None), "bucket", None)
+
+
+def stored_size(target, location: str) -> int | None:
+    """How many bytes of the upload are stored, None when nothing is: its data file on
+    local disk; in a bucket its tail objects and the parts of its multipart upload."""
+    bucket = _bucket(target)
+    if bucket is None:
+        path = data_file(target, location)
+        return path.stat().st_size if path.exists() else None
+    uid = upload_id(location)
+    key = f"{bucket.prefix}tus/{uid}"
+    if not [name for name in bucket.stored("tus") if name.startswith(uid)]:
+        return None
+    tails = [name for name in bucket.keys(f"tus/{uid}.tail-")]
+    size = sum(bucket.client.head_object(Bucket=bucket.name, Key=bucket.prefix + name)["ContentLength"]
+               for name in tails)
+    started = f"tus/{uid}" in bucket.multipart_uploads()  # (rclone's quirks handled there)
+    for found in bucket.client.list_multipart_uploads(Bucket=bucket.name, Prefix=key).get("Uploads", ()) if started else ():
+        parts = bucket.client.list_parts(Bucket=bucket.name, Key=key, UploadId=found["UploadId"])
+        size += sum(part["Size"] for part in parts.get("Parts", ()))
+    return size
+
+
+def stored_bytes(target, location: str) -> bytes | None:
+    """The bytes stored of an upload smaller than one part: its data file, or in a
+    bucket its one tail object (S3 keeps nothing for an upload with no bytes yet)."""
+    bucket = _bucket(target)
+    if bucket is None:
+        path = data_file(target, location)
+        return path.read_bytes() if path.exists() else None
+    uid = upload_id(location)
+    assert bucket.multipart_uploads() == []
+    tails = bucket.keys(f"tus/{uid}.tail-")
+    if not tails:
+        return None
+    (tail,) = tails
+    return bucket.client.get_object(Bucket=bucket.name, Key=bucket.prefix + tail)["Body"].read()
+
+
+def empty_upload(target):
+    """What an upload with no bytes yet stores: an empty file; nothing in a bucket."""
+    return None if _bucket(target) is not None else b""
+
+
+def storage_settings(target) -> dict:
+    """The settings an app needs to reach the target's storage (its bucket, on S3)."""
+    bucket = _bucket(target)
+    if bucket is None:
+        return {"STORAGE_DIR": target.storage_dir}
+    env = target.stack.env
+    return {name[len("VIMEO_"):]: value for name, value in env.items()
+            if name.startswith("VIMEO_S3_") or name in ("VIMEO_STORAGE_URL", "VIMEO_STORAGE_DIR")}
+
+
 def offset_row(target, location: str):
     rows = target.sql("select upload_offset, status from resumable_uploads where upload_id = :u", u=upload_id(location))
     return rows[0] if rows else None
@@ -136,7 +193,7 @@ def test_a_missing_or_unsupported_version_is_412_and_nothing_happens(target, ver
     answer = target.request("PATCH", location, headers={**CHUNK_TYPE, "Upload-Offset": "0"}, data=b"0123456789")
     is_json_error(answer, 412)
     assert offset_row(target, location).upload_offset == 0
-    assert data_file(target, location).stat().st_size == 0
+    assert stored_bytes(target, location) == empty_upload(target)
 
 
 # -- creation ------------------------------------------------------------------------------
@@ -147,7 +204,7 @@ def test_creation_then_head(target):
     assert parse_date(answer.headers["Upload-Expires"]) > utcnow() + timedelta(hours=23)
     location = answer.headers["Location"]
     assert len(upload_id(location)) == 32 and int(upload_id(location), 16) >= 0
-    assert data_file(target, location).is_file()
+    assert stored_bytes(target, location) == empty_upload(target)
     answer = head(target, location)
     assert answer.status == 200
     assert answer.headers["Upload-Offset"] == "0"
@@ -240,7 +297,7 @@ def test_chunks_make_a_file_with_its_options(target):
                               for v in (row.expires_at, row.created_at))
     assert (expires_at - created_at).total_seconds() == 3600
     assert target.sql("select refcount from blobs where sha256 = :s", s=sha)[0][0] == 1
-    assert not data_file(target, location).exists()
+    assert stored_size(target, location) is None
     # The options hold.
     assert target.request("GET", file_url).status == 401
     for _ in range(2):
@@ -268,7 +325,7 @@ def test_offset_mismatch_is_409_and_changes_nothing(target):
     for wrong in (0, 50, 101, 5000):
         is_json_error(patch(target, location, wrong, DATA[wrong:wrong + 100]), 409)
     assert head(target, location).headers["Upload-Offset"] == "100"
-    assert data_file(target, location).read_bytes() == DATA[:100]
+    assert stored_bytes(target, location) == DATA[:100]
 
 
 def test_a_chunk_that_is_not_offset_octet_stream_is_415(target):
@@ -287,7 +344,7 @@ def test_checksum_mismatch_is_460_the_chunk_discarded_and_the_offset_unchanged(t
     is_json_error(answer, 460)
     assert answer.json()["error"] == "Checksum Mismatch"
     assert head(target, location).headers["Upload-Offset"] == "10"
-    assert data_file(target, location).read_bytes() == DATA[:10]
+    assert stored_bytes(target, location) == DATA[:10]
     assert patch(target, location, 10, DATA[10:], **{"Upload-Checksum": checksum(algorithm, DATA[10:])}).status == 204
     file_url = head(target, location).headers["X-File-Url"]
     assert target.request("GET", file_url).body == DATA
@@ -304,7 +361,7 @@ def test_a_chunk_past_upload_length_is_413_and_changes_nothing(target):
     assert patch(target, location, 0, DATA[:60]).status == 204
     is_json_error(patch(target, location, 60, DATA[60:160]), 413)
     assert head(target, location).headers["Upload-Offset"] == "60"
-    assert data_file(target, location).read_bytes() == DATA[:60]
+    assert stored_bytes(target, location) == DATA[:60]
 
 
 def test_a_deferred_length_is_told_by_a_patch_and_then_fixed(target):
@@ -340,10 +397,10 @@ def test_a_completed_upload_takes_no_more_bytes(target):
 def test_termination_removes_the_bytes_and_the_row(target):
     location = created(target)
     assert patch(target, location, 0, DATA[:5000]).status == 204
-    assert data_file(target, location).stat().st_size == 5000
+    assert stored_size(target, location) == 5000
     answer = target.request("DELETE", location, headers=V)
     assert answer.status == 204 and answer.headers["Tus-Resumable"] == "1.0.0"
-    assert not data_file(target, location).exists()
+    assert stored_size(target, location) is None
     assert offset_row(target, location) is None
     is_json_error(head(target, location), 404, head=True)
     is_json_error(patch(target, location, 5000, DATA[5000:6000]), 404)
@@ -363,12 +420,13 @@ def test_an_expired_upload_is_410_then_the_sweep_removes_it_404(target, make_app
     target.sql("update resumable_uploads set expires_at = :t", t=(utcnow() - timedelta(seconds=1)).replace(tzinfo=None))
     is_json_error(head(target, location), 410, head=True)
     is_json_error(patch(target, location, 100, DATA[100:200]), 410)
-    app = make_app(backend="postgresql" if target.name in ("postgresql", "stack") else "sqlite",
-                   DATABASE_URL=target.db_url, STORAGE_DIR=target.storage_dir)
+    assert stored_size(target, location) == 100
+    app = make_app(backend="postgresql" if target.name in ("postgresql", "stack", "stack-s3") else "sqlite",
+                   DATABASE_URL=target.db_url, **storage_settings(target))
     with app.app_context():
         assert sweep.run(orphans=False).expired_uploads == 1
     assert offset_row(target, location) is None
-    assert not data_file(target, location).exists()
+    assert stored_size(target, location) is None
     is_json_error(head(target, location), 404, head=True)
 
 
@@ -382,7 +440,7 @@ def test_method_override_lets_a_post_patch_and_delete(target):
     assert head(target, location).headers["Upload-Offset"] == "700"
     answer = target.request("POST", location, headers={**V, "X-HTTP-Method-Override": "DELETE"})
     assert answer.status == 204
-    assert not data_file(target, location).exists()
+    assert stored_size(target, location) is None
 
 
 # -- what only the app shows ------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """Real tus clients, real servers: tuspy (Python) and tus-js-client (Node 20), each
 uploading 200 MiB in 8 MiB chunks through real gunicorn and through the stack (nginx in
-front), killed twice mid-upload and resumed; and ``kill -9`` of the gunicorn worker in the
-middle of a chunk. The downloaded file must be byte-identical, with the SHA-256 ETag, and
-the upload's options must hold.
+front), on local disk and on S3 storage (a real ``rclone serve s3``: gunicorn with
+``STORAGE_URL`` on PostgreSQL, and the S3 stack), killed twice mid-upload and resumed;
+and ``kill -9`` of the gunicorn worker in the middle of a chunk. The downloaded file must
+be byte-identical, with the SHA-256 ETag, and the upload's options must hold. On S3 an
+upload that is cut off and then terminated or expired leaves no multipart upload and no
+tail in the bucket.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import psutil
@@ -25,7 +29,11 @@ import pytest
 import requests
 
 from support import PUBLIC_URL
-from support.stacks import start_stack
+from support.database import empty_database
+from support.stacks import Bucket, start_stack
+from vimeo_api import sweep
+from vimeo_api.extensions import db
+from vimeo_api.models import utcnow
 
 HERE = Path(__file__).resolve().parent
 JS_DIR = HERE / "tus_js"
@@ -48,6 +56,8 @@ class Deployment:
     db_url: str
     public_url: str  # what the API writes into the URLs it hands out
     log: object  # () -> the app's log text
+    bucket: Bucket | None = None  # the bytes are in S3
+    settings: dict | None = None  # the app's VIMEO_* settings (to build an app on the same storage)
 
     @property
     def endpoint(self) -> str:
@@ -62,7 +72,8 @@ class Deployment:
         engine = create_engine(self.db_url)
         try:
             with engine.begin() as conn:
-                return conn.execute(text(statement), params).fetchall()
+                result = conn.execute(text(statement), params)
+                return result.fetchall() if result.returns_rows else result.rowcount
         finally:
             engine.dispose()
 
@@ -70,21 +81,38 @@ class Deployment:
 def _gunicorn(gunicorn_server, **env) -> Deployment:
     server = gunicorn_server(workers=2, threads=4, **env)
     return Deployment("gunicorn", server.base, server.env["VIMEO_STORAGE_DIR"], server.env["VIMEO_DATABASE_URL"],
-                      server.base, server.log)
+                      server.base, server.log, settings=server.env)
 
 
-def _stack(stack) -> Deployment:
-    return Deployment("stack", stack.base, stack.storage_dir, stack.db_url, PUBLIC_URL, stack.app_log)
+def _gunicorn_s3(request, gunicorn_server, **env) -> Deployment:
+    """gunicorn alone with ``STORAGE_URL`` on a prefix of the run's rclone bucket, on
+    PostgreSQL (so that chunks are locked by advisory locks, as on several nodes)."""
+    s3_server, pg_url = request.getfixturevalue("s3_server"), request.getfixturevalue("pg_url")
+    bucket = Bucket(s3_server, f"tus-clients-{os.getpid()}-{request.node.name[-40:]}".replace("[", "-")
+                    .replace("]", "").replace("_", "-"))
+    request.addfinalizer(bucket.empty)
+    empty_database(pg_url)
+    server = gunicorn_server(workers=2, threads=4, VIMEO_DATABASE_URL=pg_url, **s3_server.env(bucket.prefix), **env)
+    return Deployment("gunicorn-s3", server.base, server.env["VIMEO_STORAGE_DIR"], pg_url, server.base, server.log,
+                      bucket=bucket, settings=server.env)
 
 
-@pytest.fixture(params=["gunicorn", "stack"])
+def _stack(stack, name: str = "stack") -> Deployment:
+    return Deployment(name, stack.base, stack.storage_dir, stack.db_url, PUBLIC_URL, stack.app_log,
+                      bucket=stack.bucket, settings=stack.env)
+
+
+@pytest.fixture(params=["gunicorn", "stack", "gunicorn-s3", "stack-s3"])
 def deployment(request, gunicorn_server):
     if request.param == "gunicorn":
         yield _gunicorn(gunicorn_server)
         return
-    stack = request.getfixturevalue("nginx_stack")
+    if request.param == "gunicorn-s3":
+        yield _gunicorn_s3(request, gunicorn_server)
+        return
+    stack = request.getfixturevalue("nginx_stack" if request.param == "stack" else "nginx_s3_stack")
     stack.reset()
-    yield _stack(stack)
+    yield _stack(stack, request.param)
     stack.reset()
 
 
@@ -159,11 +187,13 @@ class ClientRun:
 
 
 def _in_flight(deployment: Deployment, upload_url: str, offset: int, timeout: float = 5.0) -> None:
-    """Until the next chunk's bytes are on their way (in the upload's data file, or in a
-    body file nginx is writing), so that the kill cuts a chunk rather than falls between
-    two; gives up quietly after ``timeout`` (the client is then killed between chunks)."""
+    """Until the next chunk's bytes are on their way (in the upload's data file, in a
+    body file nginx is writing, in the app's spool of a chunk with a checksum, or, on S3,
+    in the part rclone is receiving), so that the kill cuts a chunk rather than falls
+    between two; gives up quietly after ``timeout`` (the client is then killed between
+    chunks)."""
     data = Path(deployment.storage_dir, "resumable", upload_url.rsplit("/", 1)[1])
-    bodies = Path(deployment.storage_dir, "nginx-body")
+    directories = [Path(deployment.storage_dir, "nginx-body"), Path(deployment.storage_dir, "tus-spool")]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -171,9 +201,28 @@ def _in_flight(deployment: Deployment, upload_url: str, offset: int, timeout: fl
                 return
         except FileNotFoundError:
             pass
-        if _any_body_file(bodies):
+        if any(_any_body_file(directory) for directory in directories) or _part_arriving(deployment, offset):
             return
         time.sleep(0.001)
+
+
+def _part_arriving(deployment: Deployment, offset: int) -> bool:
+    """Whether rclone is writing a part beyond the acknowledged ones (it streams a
+    multipart upload's parts into one hidden file, deploy/S3-NOTES.md)."""
+    if deployment.bucket is None:
+        return False
+    area = Path(deployment.bucket.server.data_dir, deployment.bucket.name, deployment.bucket.prefix, "tus")
+    try:
+        entries = [e for e in os.scandir(area) if e.name.startswith(".rclone_temp_multipart_")]
+    except FileNotFoundError:
+        return False
+    for entry in entries:
+        try:
+            if entry.stat().st_size > offset - offset % CHUNK:
+                return True
+        except FileNotFoundError:
+            continue
+    return False
 
 
 def _any_body_file(directory: Path) -> bool:
@@ -249,6 +298,11 @@ def check_file(deployment: Deployment, upload_url: str, done: dict, digest: str,
     expires_at, created_at = (_when(v) for v in (row.expires_at, row.created_at))
     assert (row.filename, row.max_downloads, (expires_at - created_at).total_seconds()) == (path.name, 1, 7200)
     assert not Path(deployment.storage_dir, "resumable", upload_url.rsplit("/", 1)[1]).exists()
+    if deployment.bucket is not None:
+        # Nothing of the upload is left: no multipart upload, no tail, no temporary object.
+        assert deployment.bucket.stored("tus") == []
+        assert deployment.bucket.stored("tmp") == []
+        assert deployment.bucket.keys() == [f"blobs/{digest[:2]}/{digest[2:4]}/{digest}"]
 
 
 def _when(value):
@@ -281,18 +335,23 @@ def test_tus_js_client_uploads_200_mib_killed_twice_and_resumed(deployment, big_
 PAUSE_ENV = {"VIMEO_TEST_RESUMABLE_PAUSE": "60"}
 
 
-@pytest.fixture(params=["gunicorn", "stack"])
+@pytest.fixture(params=["gunicorn", "stack", "gunicorn-s3", "stack-s3"])
 def pausing_deployment(request, gunicorn_server, tmp_path, pg_url):
     """A deployment whose chunks can be held mid-way (TEST_RESUMABLE_PAUSE)."""
     if request.param == "gunicorn":
         yield _gunicorn(gunicorn_server, **PAUSE_ENV)
         return
-    stack = start_stack(tmp_path / "stack", pg_url, **PAUSE_ENV)
+    if request.param == "gunicorn-s3":
+        yield _gunicorn_s3(request, gunicorn_server, **PAUSE_ENV)
+        return
+    s3 = request.getfixturevalue("s3_server") if request.param == "stack-s3" else None
+    stack = start_stack(tmp_path / "stack", pg_url, s3=s3, **PAUSE_ENV)
     try:
         stack.reset()
-        yield _stack(stack)
+        yield _stack(stack, request.param)
     finally:
         stack.stop()
+        stack.reset()
 
 
 def _paused_pids(deployment: Deployment, already: int) -> list[int]:
@@ -342,13 +401,19 @@ def test_kill_9_of_the_worker_mid_chunk_then_resume_is_byte_identical(pausing_de
     assert _patch(url, 0, data[:chunk]).status_code == 204
 
     marker = Path(deployment.storage_dir, "TEST_RESUMABLE_PAUSE")
+    marker.parent.mkdir(parents=True, exist_ok=True)  # on S3 only the node's scratch space
     marker.touch()
     lines = _line_count(deployment)
     failures: list = []
     sender = threading.Thread(target=lambda: failures.append(_send_quietly(url, chunk, data[chunk:2 * chunk])))
     sender.start()
     pid = _wait_for_pause(deployment, lines)
-    assert Path(deployment.storage_dir, "resumable", url.rsplit("/", 1)[1]).stat().st_size > chunk
+    if deployment.bucket is None:
+        assert Path(deployment.storage_dir, "resumable", url.rsplit("/", 1)[1]).stat().st_size > chunk
+    else:
+        # The first chunk is two whole parts of the multipart upload; of the held chunk
+        # nothing is acknowledged (its first MiB waits in the worker's part buffer).
+        assert deployment.bucket.stored("tus") == [url.rsplit("/", 1)[1]]
     victim = psutil.Process(pid)  # is_running() below holds even if the pid is reused
     victim.send_signal(signal.SIGKILL)
     marker.unlink()
@@ -372,6 +437,8 @@ def test_kill_9_of_the_worker_mid_chunk_then_resume_is_byte_identical(pausing_de
         assert response.status_code == 200
         assert response.headers["ETag"] == f'"{digest}"'
         assert response.content == data
+    if deployment.bucket is not None:
+        assert deployment.bucket.stored("tus") == []
 
 
 def _send_quietly(url: str, offset: int, data: bytes):
@@ -386,6 +453,7 @@ def test_two_chunks_at_once_one_proceeds_the_other_is_423_never_interleaved(paus
     first, rival = os.urandom(4 * MiB), os.urandom(4 * MiB)
     url = _create(deployment, 8 * MiB)
     marker = Path(deployment.storage_dir, "TEST_RESUMABLE_PAUSE")
+    marker.parent.mkdir(parents=True, exist_ok=True)  # on S3 only the node's scratch space
     marker.touch()
     lines = _line_count(deployment)
     results: list = []
@@ -403,3 +471,78 @@ def test_two_chunks_at_once_one_proceeds_the_other_is_423_never_interleaved(paus
     data_url = requests.head(url, headers=V, timeout=10).headers["X-File-Url"]
     body = requests.get(deployment.reachable(data_url), timeout=30).content
     assert body == first + rival
+
+
+# -- on S3: what a cut-off upload leaves once it ends ------------------------------------------
+
+@pytest.fixture(params=["gunicorn-s3", "stack-s3"])
+def s3_deployment(request, gunicorn_server):
+    if request.param == "gunicorn-s3":
+        yield _gunicorn_s3(request, gunicorn_server)
+        return
+    stack = request.getfixturevalue("nginx_s3_stack")
+    stack.reset()
+    yield _stack(stack, request.param)
+    stack.reset()
+
+
+def _cut_off(deployment: Deployment, path: Path) -> str:
+    """An upload by tuspy, killed after about 40%, with a tail in the bucket (its last
+    acknowledged chunk was cut short): the upload's URL."""
+    run = ClientRun("tuspy", {"endpoint": deployment.endpoint, "file": str(path), "chunkSize": 3 * MiB,
+                              "metadata": {"filename": path.name}})
+    url = run.until(lambda e: e["event"] == "url")["url"]
+    run.until(lambda e: e["event"] == "offset" and e["offset"] >= SIZE * 40 // 100)
+    run.kill()
+    url = _absolute(deployment, url)
+    uid = url.rsplit("/", 1)[1]
+    offset = _settled(deployment, url)
+    tail = [f"{uid}.tail-{offset}"] if offset % CHUNK else []  # 3 MiB chunks: nearly always one
+    assert deployment.bucket.stored("tus") == sorted([uid, *tail])
+    return url
+
+
+def _settled(deployment: Deployment, url: str, timeout: float = 30) -> int:
+    """The upload's offset once the server is done with the chunk the killed client was
+    sending (what arrived of it is recorded): an empty PATCH at the offset HEAD tells
+    is answered 204 only when no request holds the upload (else 423, or 409 when the
+    offset moved meanwhile). It changes nothing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        offset = int(requests.head(deployment.reachable(url), headers=V, timeout=10).headers["Upload-Offset"])
+        answer = _patch(deployment.reachable(url), offset, b"")
+        if answer.status_code == 204:
+            assert answer.headers["Upload-Offset"] == str(offset)
+            return offset
+        assert answer.status_code in (409, 423), answer.text
+        assert time.monotonic() < deadline, "the cut-off chunk never finished"
+        time.sleep(0.05)
+
+
+def test_a_cut_off_upload_terminated_or_expired_leaves_nothing_in_the_bucket(s3_deployment, big_file):
+    from vimeo_api import create_app
+
+    deployment = s3_deployment
+    path, _digest = big_file
+    terminated = _cut_off(deployment, path)
+    assert requests.delete(deployment.reachable(terminated), headers=V, timeout=30).status_code == 204
+    assert deployment.bucket.stored("tus") == [] and deployment.bucket.multipart_uploads() == []
+
+    expired = _cut_off(deployment, path)
+    deployment.sql("update resumable_uploads set expires_at = :t",
+                   t=(utcnow() - timedelta(seconds=1)).replace(tzinfo=None))
+    assert requests.head(deployment.reachable(expired), headers=V, timeout=10).status_code == 410
+    # The sweep (Celery beat's, or the embedded one's) from an app on the same storage.
+    names = ("DATABASE_URL", "STORAGE_DIR", "STORAGE_URL", "S3_ENDPOINT_URL", "S3_REGION", "S3_ACCESS_KEY_ID",
+             "S3_SECRET_ACCESS_KEY")
+    app = create_app({**{name: deployment.settings["VIMEO_" + name] for name in names},
+                      "TESTING": True, "EMBEDDED_SWEEP_INTERVAL": 0})
+    with app.app_context():
+        try:
+            assert sweep.run(orphans=False).expired_uploads == 1
+        finally:
+            db.session.remove()
+            db.engine.dispose()
+    assert deployment.bucket.stored("tus") == [] and deployment.bucket.multipart_uploads() == []
+    assert deployment.sql("select count(*) from resumable_uploads")[0][0] == 0
+    assert requests.head(deployment.reachable(expired), headers=V, timeout=10).status_code == 404

@@ -58,7 +58,8 @@ def register_extensions(app: Flask, *, migrations: bool = True) -> None:
     edge.init_app(app)
     queue.init_app(app)
     limits.init_app(app)
-    resumable.init_app(app)
+    # Unfinished tus uploads: files beside the blobs, or multipart uploads in the bucket.
+    resumable.init_app(app, {"s3": _s3_resumable_storage})
     # Request bodies that stall or trickle are cut off (the embedded default's threads).
     body_reading.init_app(app)
     celery_init_app(app)
@@ -136,6 +137,13 @@ def _s3_storage(settings):
     from .storage_s3 import S3Storage
 
     return S3Storage.from_config(settings)
+
+
+def _s3_resumable_storage(store, locks):
+    """tus uploads as multipart uploads in the bucket (imported with the S3 backend)."""
+    from .resumable_s3 import S3ResumableStorage
+
+    return S3ResumableStorage(store, locks)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

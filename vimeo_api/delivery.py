@@ -264,8 +264,11 @@ def _multipart(resource, blob, decision: Decision, headers: dict) -> Response:
 
 
 def _slice(blob, start: int, stop: int):
+    """[start, stop) of ``blob``: the range ``_Ranges`` opened, or a whole blob opened at
+    its start (a counted 200)."""
     try:
-        yield from _read(blob.stream(start, stop), stop - start)
+        stream = blob.stream(start, stop) if isinstance(blob, _Ranges) else blob
+        yield from _read(stream, stop - start)
     finally:
         blob.close()
 

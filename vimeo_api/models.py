@@ -209,6 +209,10 @@ class ResumableUpload(db.Model):
     # completed, its row (and so the answer to HEAD) is kept until then.
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The chunk storage's own bookkeeping of ``upload_offset``, recorded in the same
+    # commit: on a bucket (resumable_s3.py) JSON naming the multipart upload, its parts
+    # (number, ETag, size, CRC32) and the SHA-256 state at the offset; None on local disk.
+    chunk_state: Mapped[str | None] = mapped_column(Text)
 
 
 class Transfer(db.Model):

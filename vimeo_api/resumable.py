@@ -7,12 +7,15 @@ tus.py speaks the protocol and calls one function here per request. The rules ke
   truncated by the next request that takes the upload's lock. So the offset a client is
   told is never ahead of the disk.
 - One writer per upload: the lock is the storage's (``flock`` on the data file, released
-  by the kernel when a worker dies); a second request gets ``UploadBusy`` at once.
+  by the kernel when a worker dies; on a bucket, a PostgreSQL advisory lock, released
+  when the dead worker's connection closes); a second request gets ``UploadBusy`` at once.
 - The SHA-256 of the whole content is carried from chunk to chunk in the process
   (``_HashStates``), keyed by upload and offset. A request landing on another worker, or
   after a restart, catches the state up by reading only the bytes it has not seen from
   the disk (all of them, at worst). The alternative, hashing the whole file when the
   last byte arrives, makes the last request take seconds per GiB (PERFORMANCE.md, "tus").
+  On a bucket the bytes cannot be read back, so the storage keeps the hash state itself,
+  in the row's ``chunk_state`` beside the offset (``saved_hash``; resumable_s3.py).
 - Completion is one commit: the file's row (``files.create``, with the filehash chosen at
   creation and an owner token derived from the upload id) and this upload's "completed".
   The owner token is not stored: it is an HMAC of the upload id under a server secret,
@@ -28,25 +31,35 @@ import hmac
 import logging
 import os
 import secrets
+import stat
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 from flask import current_app
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import InvalidRequestError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import files, security, signing
 from .extensions import db
 from .models import File, ResumableUpload, UploadStatus, utcnow
 from .resumable_storage import (
+    CHUNK,
+    AdvisoryLocks,
+    FileLocks,
     Interrupted,
     LocalResumableStorage,
     UploadLocked,
     UploadMissing,
 )
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +133,42 @@ class Progress:
     owner_token: str | None = None
 
 
-def storage() -> LocalResumableStorage:
+def storage():
+    """The chunk storage chosen at start-up (resumable_storage.py's interface)."""
     return current_app.extensions["vimeo_resumable_storage"]
 
 
-def init_app(app) -> None:
-    """The chunk storage and the per-process hash states."""
-    app.extensions["vimeo_resumable_storage"] = LocalResumableStorage(
-        app.config["STORAGE_DIR"], app.extensions["vimeo_storage"])
-    app.extensions["vimeo_resumable_hashes"] = _HashStates(app.config["RESUMABLE_HASH_STATES"])
+# Builds the chunk storage of a backend from (its storage, the lock to use).
+ResumableFactory = Callable[[Storage, object], object]
+
+
+def init_app(app, backends: Mapping[str, ResumableFactory] | None = None) -> None:
+    """The chunk storage and the per-process hash states. With ``STORAGE_URL`` the
+    backend's own chunk storage (the app factory wires ``{"s3": ...}``), locked across
+    nodes by PostgreSQL's advisory locks, or by a lock file when the database is one
+    machine's (SQLite); without, the files beside the local blobs."""
+    cfg = app.config
+    store = app.extensions["vimeo_storage"]
+    url = cfg.get("STORAGE_URL")
+    scheme = urlsplit(str(url)).scheme if url else ""
+    if not scheme:
+        chunks = LocalResumableStorage(store)
+    else:
+        factory = (backends or {}).get(scheme)
+        if factory is None:
+            raise ValueError(f"STORAGE_URL: no resumable upload storage for {scheme}://")
+        if cfg["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+            locks = AdvisoryLocks(lambda: db.engine)
+        else:
+            locks = FileLocks(os.path.join(cfg["STORAGE_DIR"], "tus-locks"))
+        # A migration's fallback reads from local disk; uploads go to the bucket.
+        chunks = factory(getattr(store, "primary", store), locks)
+        largest = chunks.max_length()
+        if cfg["MAX_RESUMABLE_UPLOAD_SIZE"] > largest:
+            raise ValueError(f"MAX_RESUMABLE_UPLOAD_SIZE is more than the store takes ({largest} bytes: "
+                             "10,000 parts of S3_PART_SIZE)")
+    app.extensions["vimeo_resumable_storage"] = chunks
+    app.extensions["vimeo_resumable_hashes"] = _HashStates(cfg["RESUMABLE_HASH_STATES"])
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -257,15 +297,18 @@ def append(upload_id: str, stream, *, offset: int, content_length: int | None,
         if now is not None and now.status != UploadStatus.OPEN:
             raise OffsetMismatch(now.upload_offset) from None
         raise UploadNotFound(upload_id) from None
-    with chunks:
+    with chunks, ExitStack() as closing:
         # Under the lock: the row as the last writer left it.
-        db.session.refresh(upload)
+        try:
+            db.session.refresh(upload)
+        except InvalidRequestError:  # removed (terminated, swept) meanwhile
+            db.session.rollback()
+            raise UploadNotFound(upload_id) from None
         if upload.status != UploadStatus.OPEN:
             raise OffsetMismatch(upload.upload_offset)
         start = upload.upload_offset
-        if chunks.length() != start:
-            # A worker died mid-chunk: what it wrote was never acknowledged.
-            chunks.truncate(start)
+        # What a worker killed mid-chunk wrote past the offset was never acknowledged.
+        chunks.resume(start, upload.chunk_state)
         if offset != start:
             raise OffsetMismatch(start)
         if length is not None:
@@ -289,15 +332,22 @@ def append(upload_id: str, stream, *, offset: int, content_length: int | None,
             _check_free_space(content_length)
 
         hashes = current_app.extensions["vimeo_resumable_hashes"]
-        whole = hashes.take(upload_id, start, chunks)
+        whole = chunks.saved_hash()
+        carried = whole is None
+        if carried:
+            whole = hashes.take(upload_id, start, chunks)
         observers = [whole]
         chunk_hash = None
+        limit = room if content_length is not None or chunk_limit is None else min(room, chunk_limit)
+        if checksum is not None and chunks.verify_first:
+            stream = _verified(stream, content_length, limit, checksum)
+            closing.callback(stream.close)
+            checksum = None
         if checksum is not None:
             chunk_hash = hashlib.new(checksum.algorithm)
             observers.append(chunk_hash)
 
         gone = None
-        limit = room if content_length is not None or chunk_limit is None else min(room, chunk_limit)
         try:
             end = _write(chunks, stream, start, limit, observers)
             if content_length is None and end - start == limit and _more(stream):
@@ -329,11 +379,77 @@ def append(upload_id: str, stream, *, offset: int, content_length: int | None,
         if total is not None and end == total:
             return _complete(upload, chunks, whole, start, now)
         if end != start or upload.upload_length != total:
-            _record(upload, start, end, now)
-        hashes.put(upload_id, end, whole)
+            _record(upload, chunks, start, end, now)
+        if carried:
+            hashes.put(upload_id, end, whole)
         if gone is not None:
             raise ClientGone()
         return Progress(upload)
+
+
+def _verified(stream, content_length: int | None, limit: int, checksum: Checksum):
+    """The chunk, checked against its Upload-Checksum before any of it is stored (for a
+    storage that cannot take bytes back): nginx's body file read in place, or the body
+    copied into an anonymous file on this node's scratch space (gone with the request,
+    even after ``kill -9``). Refused whole like a chunk checked as it is written."""
+    digest = hashlib.new(checksum.algorithm)
+    try:
+        in_place = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        in_place = False
+    if in_place:
+        spool, first = stream, stream.tell()
+    else:
+        directory = os.path.join(current_app.config["STORAGE_DIR"], "tus-spool")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        spool, first = tempfile.TemporaryFile(dir=directory), 0
+    try:
+        size = 0
+        while size < limit:
+            try:
+                block = stream.read(min(CHUNK, limit - size))
+            except Exception as exc:  # the client went away mid-chunk
+                raise ClientGone() from exc
+            if not block:
+                break
+            digest.update(block)
+            if not in_place:
+                spool.write(block)
+            size += len(block)
+        if content_length is None and size == limit and _more(stream):
+            raise UploadTooLarge("The chunk goes past the upload's length.")
+        if content_length is not None and size != content_length:
+            raise ClientGone()  # gunicorn reports a client that hung up as the end of input
+        if not hmac.compare_digest(digest.digest(), checksum.digest):
+            raise ChecksumMismatch()
+        spool.seek(first)
+    except BaseException:
+        if not in_place:
+            spool.close()
+        raise
+    # nginx's body file is closed by the request's teardown; a spool by ``close``.
+    return _Bounded(spool, size, owned=not in_place)
+
+
+class _Bounded:
+    """A verified chunk: exactly its bytes, then the end."""
+
+    def __init__(self, fh, size: int, owned: bool):
+        self._fh = fh
+        self._left = size
+        self._owned = owned
+
+    def close(self) -> None:
+        if self._owned:
+            self._fh.close()
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        block = self._fh.read(n)
+        self._left -= len(block)
+        return block
 
 
 def _write(chunks, stream, start: int, room: int, observers) -> int:
@@ -366,13 +482,14 @@ def _more(stream) -> bool:
         return False
 
 
-def _record(upload: ResumableUpload, start: int, end: int, now: datetime) -> None:
-    """Record the durable offset (and refresh the expiry); the lock makes it ours alone,
-    the WHERE makes sure of it."""
+def _record(upload: ResumableUpload, chunks, start: int, end: int, now: datetime) -> None:
+    """Record the durable offset (and refresh the expiry), with the storage's own
+    bookkeeping of it; the lock makes it ours alone, the WHERE makes sure of it."""
     values = {
         "upload_offset": end,
         "upload_length": upload.upload_length,
         "expires_at": now + timedelta(seconds=current_app.config["RESUMABLE_EXPIRES_IN"]),
+        "chunk_state": chunks.durable_state(),
     }
     changed = db.session.execute(
         update(ResumableUpload)
@@ -385,6 +502,7 @@ def _record(upload: ResumableUpload, start: int, end: int, now: datetime) -> Non
         db.session.rollback()
         raise UploadNotFound(upload.upload_id)
     db.session.commit()
+    chunks.recorded()
     for name, value in values.items():
         setattr(upload, name, value)
 
@@ -525,7 +643,8 @@ def remove_orphans(min_age: float) -> int:
     removal killed between its commit and its unlink); returns how many. Young ones are
     skipped: their creation may still be committing."""
     cutoff = time.time() - min_age
-    candidates = [upload_id for upload_id, mtime in storage().iter_uploads() if mtime < cutoff]
+    # One upload may have several things stored (a bucket's multipart upload and tails).
+    candidates = list(dict.fromkeys(upload_id for upload_id, mtime in storage().iter_uploads() if mtime < cutoff))
     removed = 0
     for start in range(0, len(candidates), 500):
         batch = candidates[start:start + 500]

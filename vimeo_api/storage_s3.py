@@ -89,6 +89,11 @@ def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
+def _no_such_upload(exc: BaseException | None) -> bool:
+    """Whether the store answered that it does not know the multipart upload."""
+    return isinstance(exc, ClientError) and _error_code(exc) == "NoSuchUpload"
+
+
 @contextmanager
 def _store_errors(action: str):
     """Every failure of a call to the store, as ``StorageUnavailable``.
@@ -128,15 +133,46 @@ class S3Upload(Upload):
         self._storage = storage
         self.key = storage.tmp_key(secrets.token_hex(16))
         self._hash = hashlib.sha256()
+        self._sha256: str | None = None  # told by the owner when it hashes (resumed)
+        self.part_size = storage.part_size
         self._part: bytearray | None = None  # allocated at the first byte
         self._fill = 0  # bytes of the current part in self._part
         self._upload_id: str | None = None
         self._parts: list[dict] = []
         self._position = 0
         self._failed = False
+        # A resumed upload's bytes belong to its resumable upload until it is discarded.
+        self._keep_on_close = False
+        # A resumed upload whose multipart upload an earlier attempt completed: every
+        # byte is in the object at ``key`` already, nothing more is sent.
+        self._completed = False
         self.size = 0
         self.placed = False
         self.closed = False
+
+    @classmethod
+    def resumed(cls, storage: "S3Storage", key: str, upload_id: str | None, parts: list[dict], size: int,
+                part_size: int, rest: bytes = b"") -> "S3Upload":
+        """The sink of a resumable (tus) upload, vimeo_api/resumable_s3.py: its multipart
+        upload ``upload_id`` at ``key`` already holds ``parts`` (every one ``part_size``
+        bytes), ``rest`` is what follows them up to ``size``. Bytes written go on from
+        there; they are not hashed here (the owner hashes them and sets ``sha256``), and
+        closing leaves the multipart upload alone (its owner discards it)."""
+        self = cls(storage)
+        self.key = key
+        self._hash = None
+        self.part_size = int(part_size)
+        self._upload_id = upload_id
+        self._parts = [dict(part) for part in parts]
+        self._keep_on_close = True
+        self.size = self._position = int(size)
+        if rest:
+            if len(rest) >= self.part_size:
+                raise ValueError("the rest of a resumed upload is shorter than one part")
+            buffer = self._part_buffer()
+            buffer[:len(rest)] = rest
+            self._fill = len(rest)
+        return self
 
     # -- the file-object methods werkzeug's parser and FileStorage use ----------------
 
@@ -145,7 +181,8 @@ class S3Upload(Upload):
         self._check_appendable()
         view = memoryview(data).cast("B")
         n = len(view)
-        self._hash.update(view)
+        if self._hash is not None:
+            self._hash.update(view)
         self.size += n
         self._position = self.size
         while view:
@@ -210,7 +247,8 @@ class S3Upload(Upload):
             with memoryview(part) as whole:
                 window = whole[self._fill:end]
                 n = readinto(window) or 0
-                self._hash.update(window[:n])
+                if self._hash is not None:
+                    self._hash.update(window[:n])
                 window.release()
             if not n:
                 return
@@ -230,8 +268,23 @@ class S3Upload(Upload):
 
     def _part_buffer(self) -> bytearray:
         if self._part is None:
-            self._part = bytearray(self._storage.part_size)
+            self._part = bytearray(self.part_size)
         return self._part
+
+    @property
+    def rest(self) -> memoryview:
+        """The bytes gathered since the last part was sent (a view of the part buffer)."""
+        return memoryview(self._part_buffer())[:self._fill]
+
+    @property
+    def parts(self) -> list[dict]:
+        """The parts sent so far, as CompleteMultipartUpload lists them."""
+        return [dict(part) for part in self._parts]
+
+    @property
+    def upload_id(self) -> str | None:
+        """The multipart upload's id, once the first part was sent."""
+        return self._upload_id
 
     def _send_if_full(self) -> None:
         if self._fill < len(self._part):
@@ -256,15 +309,31 @@ class S3Upload(Upload):
 
     @property
     def sha256(self) -> str:
-        return self._hash.hexdigest()
+        return self._hash.hexdigest() if self._hash is not None else self._sha256
+
+    @sha256.setter
+    def sha256(self, value: str) -> None:
+        if self._hash is not None:
+            raise AttributeError("this upload hashes its own bytes")
+        self._sha256 = _check_sha256(value)
 
     # -- the bucket side -----------------------------------------------------------------
 
     def _send_part(self, body) -> None:
+        if self._completed:
+            return
+        try:
+            self._send_part_now(body)
+        except StorageUnavailable as exc:
+            if not (self._keep_on_close and _no_such_upload(exc.__cause__) and self._completed_before()):
+                raise
+            self._completed = True
+
+    def _send_part_now(self, body) -> None:
         storage = self._storage
         if len(self._parts) >= MAX_PARTS:
             raise StorageUnavailable(
-                f"upload larger than {MAX_PARTS} parts of {storage.part_size} bytes (raise S3_PART_SIZE)"
+                f"upload larger than {MAX_PARTS} parts of {self.part_size} bytes (raise S3_PART_SIZE)"
             )
         client = storage.client
         if self._upload_id is None:
@@ -294,13 +363,35 @@ class S3Upload(Upload):
         if self._fill or not self._parts:
             self._send_part(self._take_rest())
             self._fill = 0
-        with _store_errors("CompleteMultipartUpload"):
-            self._storage.slow_client.complete_multipart_upload(
-                Bucket=self._storage.bucket, Key=self.key, UploadId=self._upload_id,
-                MultipartUpload={"Parts": self._parts},
-            )
+        if self._completed:
+            self._check_completed()
+            return
+        try:
+            with _store_errors("CompleteMultipartUpload"):
+                self._storage.slow_client.complete_multipart_upload(
+                    Bucket=self._storage.bucket, Key=self.key, UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts},
+                )
+        except StorageUnavailable as exc:
+            if not (self._keep_on_close and _no_such_upload(exc.__cause__) and self._completed_before()):
+                raise
+            self._completed = True
+            self._check_completed()
         # The temporary object now exists in its place: closing deletes it.
         self._upload_id = None
+
+    def _completed_before(self) -> bool:
+        """Whether a resumed upload whose multipart upload the store no longer knows was
+        completed by an earlier attempt that failed after it (the copy into place, the
+        commit, a killed worker): only completing it makes an object at ``key``, and that
+        object has every byte, so this attempt only hashes what it is sent again and goes
+        on from the copy."""
+        return self._storage._head(self.key) is not None
+
+    def _check_completed(self) -> None:
+        answer = self._storage._head(self.key)
+        if answer is None or int(answer["ContentLength"]) != self.size:
+            raise StorageUnavailable("the upload's completed object is not the upload's length")
 
     @property
     def started(self) -> bool:
@@ -315,6 +406,8 @@ class S3Upload(Upload):
             return
         self.closed = True
         self._part, self._fill = None, 0
+        if self._keep_on_close:
+            return
         storage = self._storage
         try:
             if self._upload_id is not None:

@@ -4,7 +4,7 @@ through the other; a one-time file asked 40 times at once over both nodes is sen
 a change through one node is a 410 at once on the other, whose fast path stops within
 a second; each node counts the downloads its own nginx answered, once; a node killed
 with ``kill -9`` leaves the balancer sending every request to the other, no file lost
-or served wrongly.
+or served wrongly; a tus upload goes on whichever node takes each chunk.
 
 Who answered is read from each node's nginx access log (``served=/f/...``: its fast
 path). Every process is real: nginx (three), gunicorn (two), Celery worker and beat,
@@ -257,3 +257,39 @@ def test_a_node_killed_leaves_the_balancer_sending_everything_to_the_other(clust
     for node in cluster.nodes:
         body, content = files[1]
         assert get(node.base, "/file/" + body["filehash"]).content == content
+
+
+# -- a tus upload whose chunks land on both nodes ------------------------------------------------
+
+def test_a_tus_upload_goes_on_whichever_node_takes_each_chunk(cluster):
+    """Each chunk through the other node: the bytes after the last whole part (a tail in
+    the bucket) and the SHA-256 state (in the row) are picked up there; the file is
+    byte-identical and nothing of the upload stays in the bucket."""
+    one, two = cluster.nodes
+    tus = {"Tus-Resumable": "1.0.0"}
+    data = os.urandom(29 * MiB + 321)
+    created = requests.post(one.base + API + "/tus/", headers={**tus, "Upload-Length": str(len(data)),
+                                                                "Upload-Metadata": "max_downloads MA=="}, timeout=30)
+    assert created.status_code == 201, created.text
+    path = created.headers["Location"]
+    uid = path.rsplit("/", 1)[1]
+    offset, nodes = 0, [one, two]
+    for number, size in enumerate([3 * MiB, 9 * MiB + 5, 6 * MiB, 11 * MiB + 316]):
+        node = nodes[number % 2]
+        answer = requests.patch(node.base + path, data=data[offset:offset + size], timeout=60, headers={
+            **tus, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"})
+        assert answer.status_code == 204, (node.name, answer.text)
+        offset += size
+        assert answer.headers["Upload-Offset"] == str(offset)
+        if offset < len(data):
+            tail = [f"{uid}.tail-{offset}"] if offset % (8 * MiB) else []
+            started = [uid] if offset >= 8 * MiB else []  # the multipart upload, from the first whole part
+            assert cluster.bucket.stored("tus") == sorted([*started, *tail])
+    file_url = answer.headers["X-File-Url"]
+    head = requests.head(one.base + path, headers=tus, timeout=30)
+    assert head.headers["X-File-Url"] == file_url
+    sha = hashlib.sha256(data).hexdigest()
+    got = get(two.base, "/file/" + file_url.rsplit("/", 1)[1])
+    assert (got.status_code, got.headers["ETag"]) == (200, f'"{sha}"')
+    assert got.content == data
+    assert cluster.bucket.stored("tus") == []
