@@ -216,12 +216,27 @@ def start_nginx(work: Path, name: str, port: int, app_bind: str, storage: Path, 
     if baselines:
         settings.extra_locations += baselines.nginx_locations()
         settings.extra_http = baselines.nginx_upstreams(render_nginx(settings))
+    settings.extra_http += BENCH_PATH_LOG.replace("@log_dir", settings.log_dir)
     conf = write_nginx_conf(settings)
     check_nginx_conf(conf, settings)
     proc = spawn(nginx_command(conf, settings), env, work / f"nginx-{name}.out")
     procs.append(proc)
     wait_for_http(f"http://127.0.0.1:{port}/healthz", procs=[proc])
     return proc
+
+
+# The product's access log cuts every capability in a path to its first characters
+# (nginx.conf), so a bench that must tell its requests apart (the one-time scenario's
+# exactly-once check) asks for a log of its own: requests with ``X-Bench-Path-Log: 1``
+# only, whole paths, in the access log's "METHOD PATH PROTOCOL" STATUS shape.
+BENCH_PATH_LOG = """
+    map $http_x_bench_path_log $vimeo_bench_path_logged {
+        default 0;
+        "1" 1;
+    }
+    log_format vimeo_bench_paths '"$request_method $request_uri $server_protocol" $status ';
+    access_log @log_dir/bench-paths.log vimeo_bench_paths if=$vimeo_bench_path_logged;
+"""
 
 
 def static_path(sha256: str, logged: bool = True) -> str:

@@ -176,7 +176,7 @@ function request()
     end
     pos = #paths
   end
-  return wrk.format(nil, paths[pos])
+  return wrk.format(nil, paths[pos], {["X-Bench-Path-Log"] = "1"})
 end
 
 function response(status, headers, body)
@@ -377,7 +377,7 @@ class OneTime:
         self.rates.append(report["figure"])
 
     def verify(self, paths: list[str], report: dict, offset: int) -> dict:
-        """Exactly-once over one run of the list ``paths``, from nginx's access log (the
+        """Exactly-once over one run of the list ``paths``, from nginx's log of them (the
         lines after ``offset``) and the database, once the stack has finished what wrk
         left in flight; raises AssertionError when it does not hold:
 
@@ -585,7 +585,7 @@ def wrk_rows(stack, work: Path, args, db_url: str, procs: list, memory: ProcessM
             log(f"  (waited {waited:.1f} s for the stack to finish the requests wrk left in flight)")
 
     one_time = OneTime(nginx, work, args.duration, c4, walk, max_upload_seconds=90 if not args.quick else 20,
-                       db_url=db_url, access_log=stack.log_dir / "access.log", quiet=quiet)
+                       db_url=db_url, access_log=stack.log_dir / "bench-paths.log", quiet=quiet)
     add("one-time 4 KiB", nginx, once, c4, size_4k, "flask", check_answer=first, script=walk,
         prepare=one_time.prepare, warmup=False, after=one_time.after,
         figure=lambda report: report["ok"] / (report["duration_us"] / 1e6), goals=[Goal("rate>=", ONE_TIME_GOAL)])
