@@ -5,19 +5,31 @@ deploy/s3server.py, its objects on the project's disk) and the stack on it: guni
 (``VIMEO_DELIVERY=accel``, the upload offload, ``STORAGE_URL`` on the bucket) behind nginx
 rendered from nginx.conf with the bucket's locations. ``upload_to_s3_through_nginx``
 times a large ``curl -T`` through it with the app's peak RSS, as bench/upload_offload.py
-does for local disk.
+does for local disk. Run alone, it measures only that upload (bench/suite.py's S3 upload
+row, without the rest of the suite):
+
+    .venv/bin/python -m bench.s3 [--size-mib 1024] [--runs 2] [--workers 1]
+
+Each run uploads fresh random bytes; printed per run: MB/s against ``dd conv=fsync`` of
+the same size into the same directory just before it, and the peak RSS of the gunicorn
+worker (sampled every 10 ms) next to its RSS before the first upload.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import secrets
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.harness import API, app_env, start_gunicorn, start_nginx
-from bench.measure import PeakRSS
+from bench.measure import MiB, PeakRSS, dd_seconds, make_source
 from deploy.s3server import S3Server, start_rclone
 from deploy.stack import BODY_DIR, free_port, s3_nginx_settings
 
@@ -87,3 +99,52 @@ def upload_to_s3_through_nginx(stack: S3Stack, source: Path, sha256: str, header
     assert not any((stack.scratch / BODY_DIR).iterdir()), "nginx left a body file"
     return {"seconds": seconds, "mbps": size / seconds / 1e6, "app_peak": app_peak, "nginx_peak": nginx_peak,
             "body": body}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import psutil
+
+    from bench.harness import create_database, delete_redis_keys, drop_database, redis_env, upload
+    from deploy.stack import stop
+
+    parser = argparse.ArgumentParser(description="A large raw upload through nginx into the bucket.")
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers")
+    args = parser.parse_args(argv)
+    size = args.size_mib * MiB
+    work = Path(tempfile.mkdtemp(prefix="vimeo-bench-s3-"))
+    prefix = f"vimeo_bench_s3_{secrets.token_hex(4)}"
+    db_url = create_database()
+    procs: list = []
+    try:
+        env = {**redis_env(prefix), "GUNICORN_WORKERS": str(args.workers),
+               "VIMEO_UPLOAD_BYTES_LIMIT": f"{1 << 40}/hour"}
+        stack = start_s3_stack(work, db_url, procs, env, max_body_size=2 * size)
+        # One small upload first, as any worker has served before a large one: the
+        # store's client exists, the database and Redis connections are open.
+        upload(stack.nginx, b"warm-up", {"X-Max-Downloads": "0"}, name="warm.bin")
+        workers = psutil.Process(stack.gunicorn_proc.pid).children()
+        before = max(worker.memory_info().rss for worker in workers)
+        print(f"S3 upload of {args.size_mib} MiB through nginx into rclone's bucket, "
+              f"{args.workers} gunicorn worker(s); worker RSS before: {before / MiB:.1f} MiB", flush=True)
+        source = work / "source.bin"
+        for run in range(1, args.runs + 1):
+            sha256 = make_source(source, size)
+            dd = size / dd_seconds(work, args.size_mib) / 1e6
+            result = upload_to_s3_through_nginx(stack, source, sha256, {"X-Max-Downloads": "0"})
+            print(f"run {run}: {result['mbps']:.0f} MB/s ({result['seconds']:.2f} s), dd {dd:.0f} MB/s, "
+                  f"ratio {result['mbps'] / dd:.2f}; gunicorn worker peak RSS {result['app_peak'] / MiB:.1f} MiB, "
+                  f"nginx worker peak {result['nginx_peak'] / MiB:.1f} MiB", flush=True)
+        source.unlink()
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        drop_database(db_url)
+        delete_redis_keys(prefix)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

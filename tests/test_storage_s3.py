@@ -239,8 +239,11 @@ def test_an_upload_is_append_only(storage):
         assert upload.size == 6 and upload.sha256 == hashlib.sha256(b"abcdef").hexdigest()
 
 
-def test_adopt_streams_a_local_body_file_and_removes_it(rclone, storage, tmp_path):
-    data = payload(11 * MiB + 7)
+@pytest.mark.parametrize("size", [0, 100, 5 * MiB, 10 * MiB, 11 * MiB + 7])
+def test_adopt_streams_a_local_body_file_and_removes_it(rclone, storage, tmp_path, size):
+    # Nothing, less than a part, exactly one part (one PutObject), exactly two parts
+    # (both sent from the file), and parts plus a tail.
+    data = payload(size)
     body = tmp_path / "body"
     body.write_bytes(data)
     upload = storage.adopt(str(body))
@@ -252,6 +255,70 @@ def test_adopt_streams_a_local_body_file_and_removes_it(rclone, storage, tmp_pat
     with pytest.raises(FileNotFoundError):
         storage.adopt(str(tmp_path / "missing"))
     assert_only_blobs(rclone, storage, [upload.sha256])
+
+
+def test_adopt_sends_whole_parts_from_the_file_not_from_memory(moto, tmp_path):
+    # moto enforces AWS's 5 MiB minimum for every part but the last; the traced peak
+    # shows no part was gathered in memory (a part is 8 MiB, the tail 1 MiB; botocore
+    # reads a part in 1 MiB pieces to sign it, checksum it and send it).
+    import tracemalloc
+
+    storage = make_storage(moto, part_size=8 * MiB)
+    storage.client  # the client's own model is not what is measured
+    data = payload(3 * 8 * MiB + MiB)
+    body = tmp_path / "body"
+    body.write_bytes(data)
+    tracemalloc.start()
+    try:
+        upload = storage.adopt(str(body))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(upload.parts) == 3 and peak < 6 * MiB, peak
+    assert upload.sha256 == hashlib.sha256(data).hexdigest()
+    assert storage.place(upload, MTIME)
+    assert read_all(storage, upload.sha256) == data
+
+
+def test_writing_on_after_a_body_file_keeps_whole_parts(moto, tmp_path):
+    storage = make_storage(moto, part_size=5 * MiB)
+    first, second = payload(5 * MiB + 3), payload(6 * MiB)
+    body = tmp_path / "body"
+    body.write_bytes(first)
+    upload = storage.new_upload()
+    with open(body, "rb") as stream:
+        upload.copy_file(stream)
+    upload.write(second)
+    assert upload.sha256 == hashlib.sha256(first + second).hexdigest()
+    assert storage.place(upload, MTIME)
+    assert read_all(storage, upload.sha256) == first + second
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-3", "cn-north-1", "us-gov-west-1"])
+@pytest.mark.parametrize("addressing", ["auto", "path", "virtual"])
+@pytest.mark.parametrize("endpoint_url", [None, "http://127.0.0.1:9000"])
+def test_the_endpoint_table_cut_to_s3_resolves_as_botocores_own(region, addressing, endpoint_url):
+    # The worker's sessions read an endpoint table with S3's entries only (memory); every
+    # client made from it must reach and sign exactly as one from botocore's whole table.
+    import re
+
+    import botocore.session
+    from botocore.config import Config
+
+    from vimeo_api.storage_s3 import _botocore_session, _S3EndpointsLoader
+
+    def made(session):
+        client = session.create_client(
+            "s3", region_name=region, endpoint_url=endpoint_url, aws_access_key_id="AKIDEXAMPLE",
+            aws_secret_access_key="secret", config=Config(signature_version="s3v4", s3={"addressing_style": addressing}),
+        )
+        url = client.generate_presigned_url("get_object", Params={"Bucket": "bkt", "Key": "k/x"}, ExpiresIn=60)
+        return client.meta.endpoint_url, client.meta.partition, client.meta.region_name, \
+            re.sub(r"X-Amz-(Date|Signature)=[^&]*", "", url)
+
+    ours = _botocore_session()
+    assert isinstance(ours.get_component("data_loader"), _S3EndpointsLoader)
+    assert made(ours) == made(botocore.session.Session())
 
 
 # -- dedup and abandoned uploads ---------------------------------------------------------------

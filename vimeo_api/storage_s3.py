@@ -19,19 +19,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import logging
 import math
 import os
 import re
 import secrets
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
-import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.loaders import Loader
 
 from .storage import BlobStat, Storage, StorageUnavailable, Upload
 
@@ -73,6 +78,72 @@ DEFAULT_PRESIGN_SECONDS = 300
 # the request's Range cut by nginx, and the same where nginx must ignore the Range.
 ACCEL_S3 = "/_vimeo_s3"
 ACCEL_S3_WHOLE = "/_vimeo_s3_whole"
+
+# botocore's table of every AWS service's regional endpoints (its endpoints.json) takes
+# about 7 MiB once parsed, and every session loads and keeps it whole although an S3
+# client only ever looks up S3's entry (botocore issue #3078). A short-lived child process
+# parses it and hands back the table cut to S3 (about 15 KB) with the path it came from,
+# and the session's data loader (a public botocore component) answers that for
+# "endpoints", so a worker never holds, nor fragments its heap with, the rest. The
+# child's cost, about 0.3 s, is paid once per process at its first client. Hand-written
+# because botocore has no setting for it.
+_ENDPOINTS_FOR_S3 = r"""
+import json, os, sys
+from botocore.loaders import create_loader
+table, path = create_loader(os.environ.get("AWS_DATA_PATH")).load_data_with_path("endpoints")
+table["partitions"] = [
+    dict(partition, services={name: entry for name, entry in partition.get("services", {}).items() if name == "s3"})
+    for partition in table["partitions"]
+]
+sys.stdout.write(json.dumps({"table": table, "path": path}))
+"""
+_endpoints_lock = threading.Lock()
+_endpoints: tuple | None = None
+
+
+def _s3_endpoint_table() -> tuple[dict, str] | None:
+    """botocore's endpoint table with S3's entries only and the file it came from, read
+    once per process (and inherited by forked children); None when the child could not
+    produce it, and the session then loads botocore's own table as usual."""
+    global _endpoints
+    with _endpoints_lock:
+        if _endpoints is None:
+            try:
+                out = subprocess.run([sys.executable, "-c", _ENDPOINTS_FOR_S3], check=True, capture_output=True,
+                                     timeout=60).stdout
+                answer = json.loads(out)
+                _endpoints = (answer["table"], answer["path"])
+            except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+                log.warning("S3 endpoint table: botocore's full table is used (%s)", type(exc).__name__)
+                _endpoints = ()
+        return _endpoints or None
+
+
+class _S3EndpointsLoader(Loader):
+    """botocore's data loader, except that "endpoints" is the table cut to S3 (above)."""
+
+    def __init__(self, endpoints: tuple[dict, str], search_path: str | None):
+        extra = [os.path.expanduser(os.path.expandvars(p)) for p in (search_path or "").split(os.pathsep) if p]
+        super().__init__(extra_search_paths=extra)
+        self._s3_endpoints = endpoints
+
+    def load_data_with_path(self, name):
+        if name == "endpoints":
+            return self._s3_endpoints
+        return super().load_data_with_path(name)
+
+
+def _botocore_session():
+    """A botocore session whose endpoint table knows S3 only (see above). botocore
+    directly, not boto3: its resource layer and transfer manager are not used here and
+    cost another 2 MiB per process."""
+    session = botocore.session.Session()
+    endpoints = _s3_endpoint_table()
+    if endpoints is not None:
+        session.register_component(
+            "data_loader", _S3EndpointsLoader(endpoints, session.get_config_variable("data_path"))
+        )
+    return session
 
 
 def _check_sha256(sha256: str) -> str:
@@ -257,6 +328,52 @@ class S3Upload(Upload):
             self._position = self.size
             self._send_if_full()
 
+    def copy_file(self, body) -> None:
+        """Copy a regular file on local disk (nginx's body file, ``S3Storage.adopt``) from
+        its position to its end. Whole parts go to the bucket straight from the file,
+        hashed on the way through one small buffer, so no part is held in memory; only
+        what is left after the last whole part (less than a part) is read in, for the one
+        request that ends the upload. The file must stay as it is until this returns."""
+        self._check_appendable()
+        if self._fill or self._hash is None:
+            # Bytes already gathered (or a resumed upload): the ordinary path.
+            self.copy_from(body, self.part_size)
+            return
+        start = body.tell()
+        left = os.fstat(body.fileno()).st_size - start
+        chunk = bytearray(256 * 1024)
+        offset = start
+        while left >= self.part_size and not (left == self.part_size and not self._parts):
+            # (A file of exactly one part is sent with one PutObject, as a smaller one.)
+            self._hash_range(body, offset, self.part_size, chunk)
+            try:
+                self._send_part(_FileRange(body.fileno(), offset, self.part_size))
+            except BaseException:
+                self._failed = True
+                raise
+            offset += self.part_size
+            left -= self.part_size
+            self.size = self._position = offset - start
+        rest = bytearray(left)
+        if left:
+            self._hash_range(body, offset, left, rest)
+        self._part, self._fill = rest, left
+        self.size = self._position = offset - start + left
+        body.seek(offset + left)
+
+    def _hash_range(self, body, offset: int, length: int, buffer: bytearray) -> None:
+        """Hash ``length`` bytes of ``body`` from ``offset``, read into ``buffer`` (the
+        whole range when the buffer is as long, else one buffer at a time)."""
+        fd = body.fileno()
+        with memoryview(buffer) as whole:
+            while length:
+                n = os.preadv(fd, [whole[:min(length, len(whole))]], offset)
+                if not n:
+                    raise OSError("the body file ended before its size")
+                self._hash.update(whole[:n])
+                offset += n
+                length -= n
+
     def _check_appendable(self) -> None:
         if self.closed:
             raise ValueError("write to a closed upload")
@@ -269,6 +386,9 @@ class S3Upload(Upload):
     def _part_buffer(self) -> bytearray:
         if self._part is None:
             self._part = bytearray(self.part_size)
+        elif len(self._part) < self.part_size:
+            # The tail copy_file kept, written on: a whole part's room again.
+            self._part += bytearray(self.part_size - len(self._part))
         return self._part
 
     @property
@@ -424,6 +544,43 @@ class S3Upload(Upload):
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _FileRange(io.RawIOBase):
+    """``length`` bytes of an open file from ``offset``, as the body of one UploadPart:
+    botocore reads it to sign and checksum it and again to send it, seeking back in
+    between, so it must be seekable and know its length. Reads go through ``pread`` on the
+    shared descriptor, so several ranges of one file never move each other's position."""
+
+    def __init__(self, fd: int, offset: int, length: int):
+        super().__init__()
+        self._fd, self._offset, self._length, self._at = fd, offset, length, 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self._length}[whence]
+        self._at = min(max(0, base + offset), self._length)
+        return self._at
+
+    def readinto(self, buffer) -> int:
+        with memoryview(buffer) as view:
+            want = min(len(view), self._length - self._at)
+            if want <= 0:
+                return 0
+            n = os.preadv(self._fd, [view[:want]], self._offset + self._at)
+        self._at += n
+        return n
 
 
 class _BlobReader(io.RawIOBase):
@@ -619,12 +776,12 @@ class S3Storage(Storage):
             )
             if self._session is None:
                 # One session for the three clients: each session parses botocore's S3
-                # model anew (about 10 MiB), a client of an existing one reuses it.
-                self._session = boto3.session.Session()
+                # model anew (about 5 MiB), a client of an existing one reuses it.
+                self._session = _botocore_session()
             session = self._session
             access_key_id, secret_access_key = self._credentials
-            region = self.region or session.region_name or "us-east-1"
-            client = session.client(
+            region = self.region or session.get_config_variable("region") or "us-east-1"
+            client = session.create_client(
                 "s3",
                 endpoint_url=self.endpoint_url,
                 region_name=region,
@@ -637,7 +794,7 @@ class S3Storage(Storage):
 
     @property
     def client(self):
-        """The boto3 client every ordinary call uses (timeouts, bounded retries)."""
+        """The botocore client every ordinary call uses (timeouts, bounded retries)."""
         return self._client("main")
 
     @property
@@ -671,7 +828,7 @@ class S3Storage(Storage):
         upload = self.new_upload()
         try:
             with open(path, "rb") as body:
-                upload.copy_from(body, self.part_size)
+                upload.copy_file(body)
         except BaseException:
             upload.close()
             raise
