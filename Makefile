@@ -11,7 +11,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test venv services nginx test-tools stack cluster migrate clean bench bench-quick bench-downloads bench-upload-offload bench-upload-memory bench-workers
+.PHONY: run test venv services nginx test-tools stack cluster migrate clean bench bench-quick bench-downloads bench-upload-offload bench-upload-memory bench-workers bench-s3-upload
 
 venv: $(STAMP)
 
@@ -77,6 +77,11 @@ bench-upload-memory: venv services
 bench-downloads: venv services
 	bash scripts/install-nginx wrk
 	$(BIN)/python bench/downloads.py
+
+# A 1 GiB raw upload through nginx into an S3 bucket (rclone), against dd, with the
+# gunicorn worker's peak RSS (bench/s3.py; the suite's S3 upload row alone).
+bench-s3-upload: venv services nginx
+	$(BIN)/python -m bench.s3
 
 # A 1 GiB raw upload through nginx with the body offload, against dd.
 bench-upload-offload: venv services nginx
