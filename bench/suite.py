@@ -99,6 +99,7 @@ from bench.measure import (  # noqa: E402
 from bench.s3 import start_s3_stack, upload_to_s3_through_nginx  # noqa: E402
 from bench.sweep import sweep_against_plain_sql  # noqa: E402
 from bench.upload_memory import UPLOADS, idle_rss, upload_to_app  # noqa: E402
+from bench.tus_upload import tus_upload  # noqa: E402
 from bench.upload_offload import upload_through_nginx  # noqa: E402
 from deploy.stack import stop  # noqa: E402
 
@@ -128,6 +129,7 @@ PYTHON_PATH_GOAL = 0.5  # app-decided 4 KiB, 304, 404: at least this × the mini
 FASTAPI_GOAL = 1.0  # the same: more than this × the minimal FastAPI FileResponse app
 ONE_TIME_GOAL = 1000  # one-time 4 KiB: first downloads per second
 UPLOAD_RSS_GOAL = 100 * MiB  # 1 GiB upload: the app's peak RSS below this
+TUS_CHUNK = 64 * MiB  # the tus upload's chunks (issue 15)
 S3_16M_GOAL = 0.9  # issue 14: 16 MiB through the stack from S3, at least this × the S3 server's own GET
 # Tokens are asked for with this lifetime: longer than any run.
 TOKEN_EXPIRES_IN = 3600
@@ -718,6 +720,23 @@ def big_rows(stack, work: Path, size: int, downloads: int) -> list[Row]:
                     notes=join(f"curl, best of {downloads}: {min(seconds['hot']):.2f} s", x_cache(hot_answer))))
     rows.append(offload_row)
     offload["stored"].unlink()
+
+    # The same size as a resumable (tus) upload in 64 MiB chunks through the same nginx
+    # (issue 15): against dd, and against the raw PUT just measured.
+    sha, dd = fresh_source_and_dd()
+    log(f"  {label} tus upload through nginx in {TUS_CHUNK // MiB} MiB chunks ...")
+    tus = tus_upload(stack.nginx, source, sha, TUS_CHUNK, stack.accel_gunicorn.pid)
+    log(f"  {label} tus upload: {tus['mbps']:.0f} MB/s, dd {dd:.0f} MB/s, last chunk {tus['last_chunk']:.2f} s")
+    tus_name = f"tus upload through nginx {label}, {TUS_CHUNK // MiB} MiB chunks"
+    tus_notes = (f"tuspy's way (POST, then a PATCH per chunk read into memory), {tus['seconds']:.2f} s; last "
+                 f"chunk's answer {tus['last_chunk']:.2f} s; gunicorn {rss_note(tus['app_peak'], idle_accel)}")
+    rows.append(Row(f"{label} upload", tus_name, dd_name, "MB/s", tus["mbps"], dd, peak_rss=tus["app_peak"],
+                    goals=[Goal("rss<", UPLOAD_RSS_GOAL)], notes=tus_notes))
+    rows.append(Row(f"{label} upload", f"{tus_name} (against one raw PUT)",
+                    f"raw upload through nginx (offload) {label}", "MB/s", tus["mbps"], offload["mbps"],
+                    notes="the raw PUT's figure is the row above's, same run"))
+    stored = stack.storage / "blobs" / sha[:2] / sha[2:4] / sha
+    stored.unlink(missing_ok=True)
 
     # Uploads the app writes itself (gunicorn with DELIVERY=app, no nginx, no offload).
     idle_app = idle_rss(stack.app_gunicorn.pid)

@@ -31,7 +31,8 @@ answer then includes completing it and copying 1 GiB to the content address
 how fast the two SHA-256s hash here (hashlib, and the one whose state travels with the
 row, vimeo_api/sha256_state.py).
 
-Not part of bench/suite.py (the lead wires it in).
+bench/suite.py (``make bench``) calls ``tus_upload`` for its tus rows (the buffered way,
+through the suite's stack, against dd and the raw PUT of the same run).
 """
 
 from __future__ import annotations
