@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -111,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers")
+    parser.add_argument("--load", type=int, default=0, metavar="SECONDS",
+                        help="first, wrk on what the suite's S3 rows ask before its upload row "
+                             "(hot public 4 KiB, 16 MiB the app decides, hot public 16 MiB), SECONDS each")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="more environment for gunicorn (e.g. MALLOC_ARENA_MAX=2)")
     args = parser.parse_args(argv)
     size = args.size_mib * MiB
     work = Path(tempfile.mkdtemp(prefix="vimeo-bench-s3-"))
@@ -119,8 +125,23 @@ def main(argv: list[str] | None = None) -> int:
     procs: list = []
     try:
         env = {**redis_env(prefix), "GUNICORN_WORKERS": str(args.workers),
-               "VIMEO_UPLOAD_BYTES_LIMIT": f"{1 << 40}/hour"}
+               "VIMEO_UPLOAD_BYTES_LIMIT": f"{1 << 40}/hour", **dict(item.split("=", 1) for item in args.env)}
         stack = start_s3_stack(work, db_url, procs, env, max_body_size=2 * size)
+        if args.load:
+            # What the suite's S3 rows ask of the stack before its upload row: hot public
+            # 4 KiB (32 connections), 16 MiB the app decides and hot public 16 MiB (16).
+            from bench.measure import write_wrk_script, wrk
+
+            script = write_wrk_script(work, "load.lua")
+            for what, size_, limit, connections in (("hot public 4 KiB", 4096, "0", 32),
+                                                    ("16 MiB the app decides", 16 * MiB, "999999999", 16),
+                                                    ("hot public 16 MiB", 16 * MiB, "0", 16)):
+                answer = upload(stack.nginx, os.urandom(size_), {"X-Max-Downloads": limit}, name="load.bin")
+                report = wrk(f"{stack.nginx}{API}/file/{answer['filehash']}", args.load, connections, script)
+                sizes = " ".join(f"{worker.memory_info().rss / MiB:.1f}"
+                                 for worker in psutil.Process(stack.gunicorn_proc.pid).children())
+                print(f"load: {what}, {report['rps']:.0f} req/s for {args.load} s; workers' RSS now {sizes} MiB",
+                      flush=True)
         # One small upload first, as any worker has served before a large one: the
         # store's client exists, the database and Redis connections are open.
         upload(stack.nginx, b"warm-up", {"X-Max-Downloads": "0"}, name="warm.bin")

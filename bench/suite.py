@@ -1135,6 +1135,13 @@ def write_performance(block: str, path: Path = PERFORMANCE) -> None:
     path.write_text(text)
 
 
+PARTS = ("wrk", "big", "s3", "sweep")  # the suite's parts, in the order they run
+
+
+class _Skip(Exception):
+    """No part needs the local stack."""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, help="seconds per wrk scenario (default 10; --quick: 2)")
@@ -1148,13 +1155,19 @@ def main() -> int:
     parser.add_argument("--big-mib", type=int, help="size of the large upload/download (default 1024; --quick: 64)")
     parser.add_argument("--sweep-files", type=int, help="files of the sweep (default 100,000; --quick: 10,000)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) and print it")
+    parser.add_argument("--only", default=",".join(PARTS),
+                        help=f"a comma-separated subset of {','.join(PARTS)} (the local stack is started for any "
+                             "but sweep); writes nothing unless --write")
     args = parser.parse_args()
+    args.only = set(args.only.split(","))
+    if args.only - set(PARTS):
+        parser.error(f"--only: unknown part(s) {', '.join(sorted(args.only - set(PARTS)))}")
     args.duration = args.duration or (2 if args.quick else 10)
     args.rounds = args.rounds or (1 if args.quick else 2)
     args.big_mib = args.big_mib or (64 if args.quick else 1024)
     args.sweep_files = args.sweep_files or (10_000 if args.quick else 100_000)
     args.connections = tuple(int(c) for c in args.connections.split(","))
-    write = (not args.quick) if args.write is None else args.write
+    write = (not args.quick and args.only == set(PARTS)) if args.write is None else args.write
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: bash scripts/install-nginx wrk (make bench does)")
 
@@ -1171,7 +1184,10 @@ def main() -> int:
     db_url = create_database()
     procs: list = []
     rows: list[Row] = []
+    memory: list = []
     try:
+        if not args.only & {"wrk", "big", "s3"}:
+            raise _Skip
         env = {**redis_env(prefix), "VIMEO_TRUSTED_PROXY_COUNT": "1",
                # The one-time scenario uploads thousands of files from 127.0.0.1.
                "VIMEO_UPLOAD_RATE_LIMIT": "1000000/minute",
@@ -1184,16 +1200,22 @@ def main() -> int:
                             metrics=True, baselines=True)
         log(f"suite: nginx {stack.nginx} → gunicorn (accel), gunicorn (app) {stack.app}, Celery worker; "
             f"work directory {work}")
-        sampler = ProcessMemory({"nginx": stack.nginx_proc.pid, "gunicorn (accel)": stack.accel_gunicorn.pid,
-                                 "Celery worker": stack.celery_worker.pid, "gunicorn (app)": stack.app_gunicorn.pid})
-        sampler.start()
-        try:
-            rows += wrk_rows(stack, work, args, db_url, procs, sampler, 4 * KiB, 16 * MiB)
-        finally:
-            sampler.stop()
-        memory = sampler.results()
-        rows += big_rows(stack, work, big, downloads=3)
-        rows += s3_rows(stack, work, args, procs, big, env)
+        if "wrk" in args.only:
+            sampler = ProcessMemory({"nginx": stack.nginx_proc.pid, "gunicorn (accel)": stack.accel_gunicorn.pid,
+                                     "Celery worker": stack.celery_worker.pid,
+                                     "gunicorn (app)": stack.app_gunicorn.pid})
+            sampler.start()
+            try:
+                rows += wrk_rows(stack, work, args, db_url, procs, sampler, 4 * KiB, 16 * MiB)
+            finally:
+                sampler.stop()
+            memory = sampler.results()
+        if "big" in args.only:
+            rows += big_rows(stack, work, big, downloads=3)
+        if "s3" in args.only:
+            rows += s3_rows(stack, work, args, procs, big, env)
+    except _Skip:
+        pass
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -1201,7 +1223,8 @@ def main() -> int:
         delete_redis_keys(prefix)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    rows += sweep_rows(args.sweep_files)
+    if "sweep" in args.only:
+        rows += sweep_rows(args.sweep_files)
     load_after = os.getloadavg()
     elapsed = time.monotonic() - started
 

@@ -294,6 +294,27 @@ def test_writing_on_after_a_body_file_keeps_whole_parts(moto, tmp_path):
     assert read_all(storage, upload.sha256) == first + second
 
 
+def test_threads_asking_for_a_client_at_once_share_one():
+    # A busy worker's first requests arrive together: one session, one client per kind.
+    import threading
+
+    storage = S3Storage("bucket", "p", endpoint_url="http://127.0.0.1:9", region="us-east-1",
+                        access_key_id="AKIDEXAMPLE", secret_access_key="secret")
+    start, got = threading.Barrier(8), []
+
+    def ask():
+        start.wait()
+        got.append((storage.client, storage.slow_client))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(main) for main, _ in got}) == 1 and len({id(slow) for _, slow in got}) == 1
+    assert got[0][0] is not got[0][1]
+
+
 @pytest.mark.parametrize("region", ["us-east-1", "eu-west-3", "cn-north-1", "us-gov-west-1"])
 @pytest.mark.parametrize("addressing", ["auto", "path", "virtual"])
 @pytest.mark.parametrize("endpoint_url", [None, "http://127.0.0.1:9000"])

