@@ -33,9 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.downloads import start_stack  # noqa: E402
-from bench.harness import API, Baselines, create_database, delete_redis_keys, drop_database, redis_env, upload  # noqa: E402
+from bench.harness import API, Baselines, create_database, redis_env, tear_down, upload  # noqa: E402
 from bench.measure import wrk, write_wrk_script  # noqa: E402
-from deploy.stack import stop  # noqa: E402
 
 KiB = 1024
 LIMITED = "999999999"
@@ -155,11 +154,7 @@ def main() -> int:
                 print(top_frames(Path(f"{args.profile}.{name}.txt")))
             time.sleep(1)
     finally:
-        for proc in reversed(procs):
-            stop(proc)
-        drop_database(db_url)
-        delete_redis_keys(prefix)
-        shutil.rmtree(work, ignore_errors=True)
+        tear_down(procs, db_url, prefix, work)
     return 0
 
 

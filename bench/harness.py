@@ -88,6 +88,25 @@ def drop_database(url: str) -> None:
         admin.dispose()
 
 
+def tear_down(procs: list, db_url: str, prefix: str | None = None, work: Path | None = None,
+              keep: bool = False) -> None:
+    """What a bench leaves: its processes stopped (last started first), its database
+    dropped, its Redis keys deleted, its work directory removed (unless ``keep``: then
+    printed)."""
+    from deploy.stack import stop
+
+    for proc in reversed(procs):
+        stop(proc)
+    drop_database(db_url)
+    if prefix is not None:
+        delete_redis_keys(prefix)
+    if work is not None:
+        if keep:
+            print(f"work directory: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def delete_redis_keys(prefix: str, databases=(1, 2)) -> None:
     """Remove what a run left under its own key prefix in the shared Redis."""
     import redis

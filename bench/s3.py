@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -105,8 +104,7 @@ def upload_to_s3_through_nginx(stack: S3Stack, source: Path, sha256: str, header
 def main(argv: list[str] | None = None) -> int:
     import psutil
 
-    from bench.harness import create_database, delete_redis_keys, drop_database, redis_env, upload
-    from deploy.stack import stop
+    from bench.harness import create_database, redis_env, tear_down, upload
 
     parser = argparse.ArgumentParser(description="A large raw upload through nginx into the bucket.")
     parser.add_argument("--size-mib", type=int, default=1024)
@@ -159,11 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"nginx worker peak {result['nginx_peak'] / MiB:.1f} MiB", flush=True)
         source.unlink()
     finally:
-        for proc in reversed(procs):
-            stop(proc)
-        drop_database(db_url)
-        delete_redis_keys(prefix)
-        shutil.rmtree(work, ignore_errors=True)
+        tear_down(procs, db_url, prefix, work)
     return 0
 
 
