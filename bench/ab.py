@@ -11,7 +11,9 @@ throwaway PostgreSQL database, metadata cache and rate limits in Redis) in a sub
 that imports from that checkout only, and measures with wrk: raw nginx static (its
 ``location /static/``: the baseline of the same run), the hot public 4 KiB file (nginx's
 fast path) and a password-protected 4 KiB file (the app decides every request). Printed:
-each run's req/s and the ratio to that run's static figure, then per checkout the best of
+each run's req/s and the ratio to that run's static figure, the CPU time gunicorn's and
+nginx's processes spent per request (psutil, user + system, over the timed run: unlike
+req/s it hardly depends on what else the machine does), then per checkout the best of
 its rounds.
 """
 
@@ -54,12 +56,28 @@ try:
         "hot public": (f"{stack.nginx}{API}/file/{public['filehash']}", {}),
         "password": (f"{stack.nginx}{API}/file/{guarded['filehash']}", {"X-Password": "s3cret"}),
     }
+    import psutil
+
+    def cpu_seconds(pid):
+        # user + system CPU of a process and its children (gunicorn's master and workers).
+        total = 0.0
+        for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
     result = {}
     for name, (url, headers) in urls.items():
         wrk(url, 2, 32, script, headers)  # warm-up (the fast path's grant, the caches)
+        apps_before, nginx_before = cpu_seconds(stack.accel_gunicorn.pid), cpu_seconds(stack.nginx_proc.pid)
         report = wrk(url, duration, 32, script, headers)
+        apps, nginx = cpu_seconds(stack.accel_gunicorn.pid) - apps_before, cpu_seconds(stack.nginx_proc.pid) - nginx_before
         assert report["non_2xx_3xx"] == 0 and report["errors"] == 0, (name, report)
         result[name] = report["rps"]
+        result[name + " ms"] = (1000 * apps / report["requests"], 1000 * nginx / report["requests"])
     print(json.dumps(result))
 finally:
     for proc in reversed(procs):
@@ -93,7 +111,12 @@ def main() -> int:
             result = one_run(root, args.duration)
             runs[name].append(result)
             print(f"round {round_} {name:6}: " + "  ".join(
-                f"{k} {v:,.0f} req/s ({v / result['static']:.2f}x)" for k, v in result.items()), flush=True)
+                f"{k} {result[k]:,.0f} req/s ({result[k] / result['static']:.2f}x; CPU per request: gunicorn "
+                f"{result[k + ' ms'][0]:.2f} ms, nginx {result[k + ' ms'][1]:.3f} ms)"
+                for k in ("static", "hot public", "password")), flush=True)
+    print("CPU per password download, gunicorn's processes (ms; robust to what else the machine does):")
+    for name, results in runs.items():
+        print(f"  {name:6} " + ", ".join(f"{r['password ms'][0]:.2f}" for r in results))
     print("best of each (ratio to the same run's static):")
     for name, results in runs.items():
         for scenario in ("hot public", "password"):
