@@ -75,21 +75,27 @@ def start_s3_stack(work: Path, db_url: str, procs: list, env_extra: dict, max_bo
     return S3Stack(f"http://127.0.0.1:{nginx_port}", gunicorn, nginx, server, prefix, scratch)
 
 
-def upload_to_s3_through_nginx(stack: S3Stack, source: Path, sha256: str, headers: dict | None = None) -> dict:
-    """``curl -T source`` to the S3 stack's ``/upload/``: the client's wall time to the
-    201 and the peak RSS of gunicorn's and nginx's workers meanwhile. Checks the 201 (size,
-    SHA-256), the object's size in the bucket, and that nginx left no body file."""
+def upload_to_s3_through_nginx(stack: S3Stack, source: Path, sha256: str, headers: dict | None = None,
+                               form: bool = False) -> dict:
+    """``curl -T source`` to the S3 stack's ``/upload/`` (``form``: ``curl -F`` to ``PUT
+    /file``): the client's wall time to the 201 and the peak RSS of gunicorn's and nginx's
+    workers meanwhile. Checks the 201 (size, SHA-256), the object's size in the bucket,
+    and that nginx left no body file."""
     size = source.stat().st_size
     app_rss, nginx_rss = PeakRSS(stack.gunicorn_proc.pid), PeakRSS(stack.nginx_proc.pid)
     app_rss.start()
     nginx_rss.start()
-    argv = ["curl", "-sS", "--fail-with-body", "-T", str(source), "-H", "Expect:"]
+    if form:
+        argv, url = ["curl", "-sS", "--fail-with-body", "-X", "PUT", "-F", f"file=@{source}", "-H", "Expect:"], \
+            f"{stack.nginx}{API}/file"
+    else:
+        argv, url = ["curl", "-sS", "--fail-with-body", "-T", str(source), "-H", "Expect:"], \
+            f"{stack.nginx}{API}/upload/big.bin"
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
     start = time.monotonic()
     try:
-        out = subprocess.run([*argv, f"{stack.nginx}{API}/upload/big.bin"], check=True, capture_output=True,
-                             text=True).stdout
+        out = subprocess.run([*argv, url], check=True, capture_output=True, text=True).stdout
         seconds = time.monotonic() - start
     finally:
         app_peak, nginx_peak = app_rss.stop(), nginx_rss.stop()
@@ -113,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", type=int, default=0, metavar="SECONDS",
                         help="first, wrk on what the suite's S3 rows ask before its upload row "
                              "(hot public 4 KiB, 16 MiB the app decides, hot public 16 MiB), SECONDS each")
+    parser.add_argument("--form", action="store_true", help="curl -F to PUT /file instead of curl -T")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="more environment for gunicorn (e.g. MALLOC_ARENA_MAX=2)")
     args = parser.parse_args(argv)
@@ -145,13 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         upload(stack.nginx, b"warm-up", {"X-Max-Downloads": "0"}, name="warm.bin")
         workers = psutil.Process(stack.gunicorn_proc.pid).children()
         before = max(worker.memory_info().rss for worker in workers)
-        print(f"S3 upload of {args.size_mib} MiB through nginx into rclone's bucket, "
+        print(f"S3 {'multipart form' if args.form else 'raw'} upload of {args.size_mib} MiB through nginx into "
+              f"rclone's bucket, "
               f"{args.workers} gunicorn worker(s); worker RSS before: {before / MiB:.1f} MiB", flush=True)
         source = work / "source.bin"
         for run in range(1, args.runs + 1):
             sha256 = make_source(source, size)
             dd = size / dd_seconds(work, args.size_mib) / 1e6
-            result = upload_to_s3_through_nginx(stack, source, sha256, {"X-Max-Downloads": "0"})
+            result = upload_to_s3_through_nginx(stack, source, sha256, {"X-Max-Downloads": "0"}, form=args.form)
             print(f"run {run}: {result['mbps']:.0f} MB/s ({result['seconds']:.2f} s), dd {dd:.0f} MB/s, "
                   f"ratio {result['mbps'] / dd:.2f}; gunicorn worker peak RSS {result['app_peak'] / MiB:.1f} MiB, "
                   f"nginx worker peak {result['nginx_peak'] / MiB:.1f} MiB", flush=True)
