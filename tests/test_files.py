@@ -453,3 +453,31 @@ def test_downloads_count_past_32_bits(ctx):
     db.session.commit()
     assert files.consume_download(file.id, file.size, file.sha256, file.access_version) is True
     assert fresh(file).downloads == 2**31
+
+
+@pytest.mark.parametrize("expires_in, seconds", [("2h", 7200), ("90", 90)])
+def test_an_expiry_counts_from_the_files_own_creation_instant(ctx, monkeypatch, expires_in, seconds):
+    # The options are read at 11:59:59.999 and the file made at 12:00:00.001 (a slow
+    # body, a busy machine): expires_at is still created_at + expires_in, exactly.
+    from vimeo_api import request_options
+
+    monkeypatch.setattr(request_options, "utcnow", lambda: NOW - timedelta(milliseconds=1))
+    options = request_options.parse({"expires_in": expires_in})
+    monkeypatch.setattr(files, "utcnow", lambda: NOW + timedelta(milliseconds=1))
+    upload = storage.current().new_upload()
+    upload.write(b"content")
+    file, _ = files.create(upload, "f.txt", "text/plain", options)
+    row = fresh(file)
+    assert row.created_at == NOW and row.expires_at == NOW + timedelta(seconds=seconds)
+
+
+def test_a_resumable_uploads_expiry_counts_from_its_files_creation(ctx, monkeypatch):
+    # The same for a tus upload: its expiry is kept as seconds and applied when the file
+    # is made at completion, whatever the clock did since its creation and its options.
+    from vimeo_api import request_options, resumable
+
+    monkeypatch.setattr(request_options, "utcnow", lambda: NOW - timedelta(milliseconds=1))
+    options = request_options.parse({"expires_in": "2h"})
+    monkeypatch.setattr(resumable, "utcnow", lambda: NOW + timedelta(milliseconds=1))
+    assert resumable._relative_expiry(options, NOW + timedelta(milliseconds=1)) == 7200
+    assert resumable._relative_expiry(request_options.parse({}), NOW) is None

@@ -34,6 +34,9 @@ class Options:
     password: object = UNSET  # str, None (remove) or UNSET
     max_downloads: object = UNSET  # int or UNSET
     expires_at: object = UNSET  # datetime, None (never) or UNSET
+    # The same asked for as a duration (seconds, None: never): a new file's expiry is
+    # then counted from its own creation instant, the one its created_at records.
+    expires_in: object = UNSET
     touched: set = field(default_factory=set)
     # Already hashed (a resumable upload keeps only the hash until it completes); wins
     # over ``password`` when set.
@@ -83,7 +86,9 @@ def create(upload: Upload, filename: str, content_type: str, options: Options, *
         created_at=now,
         modified_at=now,
         expires_at=(
-            now + timedelta(seconds=cfg["DEFAULT_EXPIRES_IN"])
+            (None if options.expires_in is None else now + timedelta(seconds=options.expires_in))
+            if options.expires_in is not UNSET
+            else now + timedelta(seconds=cfg["DEFAULT_EXPIRES_IN"])
             if options.expires_at is UNSET
             else options.expires_at
         ),

@@ -27,7 +27,9 @@ def parse(source, *, patch: bool = False) -> Options:
         if source.get("max_downloads") not in (None, ""):
             options.max_downloads = parse_max_downloads(source["max_downloads"])
         if source.get("expires_in") not in (None, ""):
-            options.expires_at = parse_expires_in(source["expires_in"], utcnow())
+            options.expires_in = parse_expires_in_seconds(source["expires_in"])
+            options.expires_at = (None if options.expires_in is None
+                                  else whole_second(utcnow()) + timedelta(seconds=options.expires_in))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     if "password" in source:
@@ -49,6 +51,14 @@ def from_headers(headers) -> dict:
 def parse_expires_in(value, now: datetime) -> datetime | None:
     """``3600``, ``90s``, ``15m``, ``12h``, ``7d`` or ``never`` → the expiry instant (None: never).
     Raises ValueError with a message fit for the client."""
+    seconds = parse_expires_in_seconds(value)
+    # Whole seconds, as the API reports it: the expiry a client is shown is the one enforced.
+    return None if seconds is None else whole_second(now) + timedelta(seconds=seconds)
+
+
+def parse_expires_in_seconds(value) -> int | None:
+    """``3600``, ``90s``, ``15m``, ``12h``, ``7d`` or ``never`` → seconds (None: never).
+    Raises ValueError with a message fit for the client."""
     cfg = current_app.config
     text = _number_text(value).lower()
     maximum = cfg["MAX_EXPIRES_IN"]
@@ -69,8 +79,7 @@ def parse_expires_in(value, now: datetime) -> datetime | None:
         raise ValueError(f"expires_in is more than the maximum of {maximum} seconds")
     if seconds > 100 * 365 * 86400:
         raise ValueError("expires_in is too large; use 'never'")
-    # Whole seconds, as the API reports it: the expiry a client is shown is the one enforced.
-    return whole_second(now) + timedelta(seconds=seconds)
+    return seconds
 
 
 def parse_max_downloads(value) -> int:

@@ -229,7 +229,7 @@ def create(length: int | None, fields: FileFields) -> ResumableUpload:
             else None
         ),
         max_downloads=None if options.max_downloads is files.UNSET else options.max_downloads,
-        expires_in=_relative_expiry(options.expires_at, now),
+        expires_in=_relative_expiry(options, now),
         filehash=security.new_filehash(),
         created_at=now,
         expires_at=now + timedelta(seconds=cfg["RESUMABLE_EXPIRES_IN"]),
@@ -242,13 +242,15 @@ def create(length: int | None, fields: FileFields) -> ResumableUpload:
     return row
 
 
-def _relative_expiry(expires_at, now: datetime) -> int | None:
+def _relative_expiry(options: files.Options, now: datetime) -> int | None:
     """The file's expiry as seconds after its completion: None the default, 0 never."""
-    if expires_at is files.UNSET:
+    if options.expires_in is not files.UNSET:
+        return 0 if options.expires_in is None else options.expires_in
+    if options.expires_at is files.UNSET:
         return None
-    if expires_at is None:
+    if options.expires_at is None:
         return 0
-    return max(1, int((expires_at - files.whole_second(now)).total_seconds()))
+    return max(1, int((options.expires_at - files.whole_second(now)).total_seconds()))
 
 
 def _check_free_space(needed: int) -> None:
@@ -551,10 +553,11 @@ def _file_options(upload: ResumableUpload, now: datetime) -> files.Options:
         options.password_hash = upload.password_hash
     if upload.max_downloads is not None:
         options.max_downloads = upload.max_downloads
+    # As seconds: the file's expiry counts from its creation instant (files.create).
     if upload.expires_in == 0:
-        options.expires_at = None
+        options.expires_in = None
     elif upload.expires_in is not None:
-        options.expires_at = files.whole_second(now) + timedelta(seconds=upload.expires_in)
+        options.expires_in = upload.expires_in
     return options
 
 
