@@ -71,9 +71,14 @@ def make_storage(server, **options) -> S3Storage:
     )
 
 
-@pytest.fixture
-def storage(rclone):
-    return make_storage(rclone, part_size=5 * MiB)
+@pytest.fixture(params=["parts in memory", "parts on the scratch disk"])
+def storage(rclone, request, tmp_path):
+    # Both ways an upload fills its parts (S3Upload): a buffer, or a spool file in the
+    # node's scratch space.
+    scratch = str(tmp_path / "scratch") if request.param == "parts on the scratch disk" else None
+    if scratch:
+        os.makedirs(scratch)
+    return make_storage(rclone, part_size=5 * MiB, scratch_dir=scratch)
 
 
 def keys(server, storage: S3Storage, area: str = "") -> list[str]:
@@ -280,8 +285,35 @@ def test_adopt_sends_whole_parts_from_the_file_not_from_memory(moto, tmp_path):
     assert read_all(storage, upload.sha256) == data
 
 
-def test_writing_on_after_a_body_file_keeps_whole_parts(moto, tmp_path):
-    storage = make_storage(moto, part_size=5 * MiB)
+def test_a_form_upload_fills_its_parts_on_the_scratch_disk_not_in_memory(moto, tmp_path):
+    # werkzeug's multipart parser writes 64 KiB pieces; with a scratch directory no part
+    # is gathered in memory (8 MiB parts; moto enforces the 5 MiB minimum), the spool is
+    # an unnamed file (nothing left in the directory), and the bytes arrive whole.
+    import tracemalloc
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    storage = make_storage(moto, part_size=8 * MiB, scratch_dir=str(scratch))
+    storage.client
+    data = payload(3 * 8 * MiB + 3 * MiB + 5)
+    upload = storage.new_upload()
+    tracemalloc.start()
+    try:
+        with memoryview(data) as view:
+            for at in range(0, len(data), CHUNK):
+                upload.write(view[at:at + CHUNK])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(upload.parts) == 3 and peak < 6 * MiB, peak
+    assert list(scratch.iterdir()) == []
+    assert storage.place(upload, MTIME)
+    assert read_all(storage, upload.sha256) == data
+
+
+@pytest.mark.parametrize("spooled", [False, True])
+def test_writing_on_after_a_body_file_keeps_whole_parts(moto, tmp_path, spooled):
+    storage = make_storage(moto, part_size=5 * MiB, scratch_dir=str(tmp_path) if spooled else None)
     first, second = payload(5 * MiB + 3), payload(6 * MiB)
     body = tmp_path / "body"
     body.write_bytes(first)

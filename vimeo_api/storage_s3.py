@@ -27,6 +27,7 @@ import re
 import secrets
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -60,6 +61,8 @@ MAX_PARTS = 10_000
 # sent): ~16 MiB per upload, flat whatever the file size. 10,000 parts of 8 MiB allow
 # 78 GiB, far above any MAX_UPLOAD_SIZE this product is run with.
 DEFAULT_PART_SIZE = 8 * MiB
+# What a raw body read by the app is copied through on its way to the spool.
+SPOOL_CHUNK = 256 * 1024
 # CopyObject copies at most 5 GiB in one call; larger objects are copied part by part
 # with UploadPartCopy. Each copied part is at most 5 GiB too; 512 MiB parts keep the
 # number of requests for a 100 GiB object at 200 (and under S3's 10,000 up to 5 TiB).
@@ -194,10 +197,13 @@ class S3Upload(Upload):
     Closing it without ``place`` aborts the multipart upload, so a failed or cut-off
     upload leaves nothing in the bucket.
 
-    The bytes of a part are gathered in one buffer of the part size, allocated once per
-    upload and handed to botocore as it is, so no part-sized object is made and freed
-    per part (measured on a 256 MiB upload: the peak RSS grew 5 MiB, against 14 MiB with
-    a fresh ``bytes`` per part; deploy/S3-NOTES.md).
+    Where the part being filled waits: with the storage's ``scratch_dir`` (the node's
+    local scratch space, ``STORAGE_DIR``), in an unnamed temporary file there, sent from
+    the file like a body file nginx wrote (``copy_file``), so a multipart form or a raw
+    body read by the app holds no part in memory (a part of 8 MiB is what would push a
+    worker over 100 MiB; deploy/S3-NOTES.md). Without one, and for a resumed (tus)
+    upload, whose tail its owner reads back, in one buffer of the part size, allocated
+    once per upload and handed to botocore as it is.
     """
 
     def __init__(self, storage: "S3Storage"):
@@ -207,7 +213,10 @@ class S3Upload(Upload):
         self._sha256: str | None = None  # told by the owner when it hashes (resumed)
         self.part_size = storage.part_size
         self._part: bytearray | None = None  # allocated at the first byte
-        self._fill = 0  # bytes of the current part in self._part
+        self._fill = 0  # bytes of the current part in self._part (or the spool)
+        # The part being filled on the scratch disk instead of in memory (see above).
+        self._spool_dir = storage.scratch_dir
+        self._spool = None
         self._upload_id: str | None = None
         self._parts: list[dict] = []
         self._position = 0
@@ -232,6 +241,7 @@ class S3Upload(Upload):
         self = cls(storage)
         self.key = key
         self._hash = None
+        self._spool_dir = None  # its owner reads the tail back (``rest``)
         self.part_size = int(part_size)
         self._upload_id = upload_id
         self._parts = [dict(part) for part in parts]
@@ -256,6 +266,9 @@ class S3Upload(Upload):
             self._hash.update(view)
         self.size += n
         self._position = self.size
+        if self._spooling():
+            self._spool_in(view)
+            return n
         while view:
             part = self._part_buffer()
             take = min(len(part) - self._fill, len(view))
@@ -307,9 +320,14 @@ class S3Upload(Upload):
         whatever the size), straight into the part buffer when the stream has
         ``readinto`` (files, werkzeug's request stream)."""
         readinto = getattr(stream, "readinto", None)
-        if readinto is None:
-            while chunk := stream.read(chunk_size):
-                self.write(chunk)
+        if readinto is None or self._spooling():
+            if readinto is None:
+                while chunk := stream.read(chunk_size):
+                    self.write(chunk)
+                return
+            with memoryview(bytearray(min(chunk_size, SPOOL_CHUNK))) as buffer:
+                while n := readinto(buffer):
+                    self.write(buffer[:n])
             return
         self._check_appendable()
         while True:
@@ -354,10 +372,23 @@ class S3Upload(Upload):
             offset += self.part_size
             left -= self.part_size
             self.size = self._position = offset - start
-        rest = bytearray(left)
-        if left:
-            self._hash_range(body, offset, left, rest)
-        self._part, self._fill = rest, left
+        self.size = self._position = offset - start
+        if self._spooling():
+            # The tail goes to the spool, disk to disk, hashed on the way.
+            self._hash_range(body, offset, left, chunk)
+            spool = self._spool_file()
+            copied = 0
+            while copied < left:
+                n = os.copy_file_range(body.fileno(), spool.fileno(), left - copied, offset + copied)
+                if not n:
+                    raise OSError("the body file ended before its size")
+                copied += n
+            self._fill = left
+        else:
+            rest = bytearray(left)
+            if left:
+                self._hash_range(body, offset, left, rest)
+            self._part, self._fill = rest, left
         self.size = self._position = offset - start + left
         body.seek(offset + left)
 
@@ -373,6 +404,40 @@ class S3Upload(Upload):
                 self._hash.update(whole[:n])
                 offset += n
                 length -= n
+
+    def _spooling(self) -> bool:
+        """Whether parts are filled on the scratch disk (see the class)."""
+        return self._spool_dir is not None and self._part is None
+
+    def _spool_file(self):
+        if self._spool is None:
+            # Unnamed (O_TMPFILE where the filesystem has it): nothing to remove after a crash.
+            self._spool = tempfile.TemporaryFile(dir=self._spool_dir, buffering=0)
+        return self._spool
+
+    def _spool_in(self, view: memoryview) -> None:
+        """Append to the spool; send it as a part whenever it holds a whole one."""
+        spool = self._spool_file()
+        while view:
+            take = min(self.part_size - self._fill, len(view))
+            written = 0
+            while written < take:
+                written += os.pwrite(spool.fileno(), view[written:take], self._fill + written)
+            self._fill += take
+            view = view[take:]
+            if self._fill == self.part_size:
+                try:
+                    self._send_part(_FileRange(spool.fileno(), 0, self.part_size))
+                except BaseException:
+                    self._failed = True
+                    raise
+                self._fill = 0
+
+    def _drop_buffers(self) -> None:
+        self._part, self._fill = None, 0
+        if self._spool is not None:
+            spool, self._spool = self._spool, None
+            spool.close()
 
     def _check_appendable(self) -> None:
         if self.closed:
@@ -394,6 +459,8 @@ class S3Upload(Upload):
     @property
     def rest(self) -> memoryview:
         """The bytes gathered since the last part was sent (a view of the part buffer)."""
+        if self._spooling():
+            return memoryview(os.pread(self._spool.fileno(), self._fill, 0) if self._spool else b"")
         return memoryview(self._part_buffer())[:self._fill]
 
     @property
@@ -423,6 +490,8 @@ class S3Upload(Upload):
         beside it; the buffer is not written to again)."""
         if not self._fill:
             return b""
+        if self._spool is not None:
+            return _FileRange(self._spool.fileno(), 0, self._fill)
         rest, self._part = self._part, None
         del rest[self._fill:]
         return rest
@@ -525,7 +594,7 @@ class S3Upload(Upload):
         if self.closed:
             return
         self.closed = True
-        self._part, self._fill = None, 0
+        self._drop_buffers()
         if self._keep_on_close:
             return
         storage = self._storage
@@ -544,6 +613,19 @@ class S3Upload(Upload):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _scratch_dir(directory) -> str | None:
+    """``STORAGE_DIR`` as the uploads' scratch space, made when missing; None (parts in
+    memory) when it cannot be used."""
+    if not directory:
+        return None
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        log.warning("uploads fill their parts in memory: STORAGE_DIR unusable (%s)", type(exc).__name__)
+        return None
+    return str(directory)
 
 
 class _FileRange(io.RawIOBase):
@@ -669,6 +751,7 @@ class S3Storage(Storage):
         copy_part_size: int = DEFAULT_COPY_PART_SIZE,
         list_page_size: int = 1000,
         presign_seconds: int = DEFAULT_PRESIGN_SECONDS,
+        scratch_dir: str | None = None,
     ):
         if not _BUCKET.match(bucket or ""):
             raise ValueError(f"not a valid bucket name: {bucket!r}")
@@ -698,6 +781,8 @@ class S3Storage(Storage):
         self.read_timeout = float(read_timeout)
         self.max_attempts = int(max_attempts)
         self.presign_seconds = int(presign_seconds)
+        # Where uploads fill their parts (S3Upload): the node's local scratch space.
+        self.scratch_dir = scratch_dir or None
         if addressing_style is None:
             # Custom endpoints (MinIO, rclone, Ceph) are usually reached by path; AWS
             # picks virtual-hosted style itself.
@@ -736,6 +821,7 @@ class S3Storage(Storage):
             addressing_style=cfg.get("S3_ADDRESSING_STYLE") or None,
             part_size=number("S3_PART_SIZE", DEFAULT_PART_SIZE, int),
             presign_seconds=number("S3_PRESIGN_SECONDS", DEFAULT_PRESIGN_SECONDS, int),
+            scratch_dir=_scratch_dir(cfg.get("STORAGE_DIR")),
         )
 
     def __repr__(self) -> str:  # never the credentials
@@ -893,7 +979,7 @@ class S3Storage(Storage):
             raise
         upload.placed = True
         upload.closed = True
-        upload._part, upload._fill = None, 0
+        upload._drop_buffers()
         if upload.started or upload._parts:
             try:
                 self._delete_key(upload.key)
