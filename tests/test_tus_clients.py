@@ -390,6 +390,15 @@ def _patch(url: str, offset: int, data: bytes, **headers):
                                         "Upload-Offset": str(offset), **headers}, data=data, timeout=120)
 
 
+def _gone(proc: psutil.Process) -> bool:
+    """Whether a killed process is dead: exited, reaped (even between two looks at it), or
+    a zombie its parent has not reaped yet."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_kill_9_of_the_worker_mid_chunk_then_resume_is_byte_identical(pausing_deployment, tmp_path):
     deployment = pausing_deployment
     size, chunk = 48 * MiB, 16 * MiB
@@ -420,9 +429,9 @@ def test_kill_9_of_the_worker_mid_chunk_then_resume_is_byte_identical(pausing_de
     sender.join(timeout=60)
     assert failures and failures[0] != 204, "the killed worker's chunk was acknowledged"
     deadline = time.monotonic() + 10
-    while victim.is_running() and victim.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+    while not _gone(victim) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE
+    assert _gone(victim)
 
     # Never ahead of what is durable: the cut chunk was not acknowledged.
     head = requests.head(url, headers=V, timeout=10)
