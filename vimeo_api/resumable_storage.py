@@ -216,24 +216,11 @@ class LocalResumableStorage:
         """The upload's bytes, locked; ``UploadLocked`` at once when another holds them
         (a waiting request would only hold a thread and then find a stale offset)."""
         try:
-            fd = os.open(self.path(upload_id), os.O_RDWR | os.O_CLOEXEC)
+            fd = _open_locked(self.path(upload_id), os.O_RDWR, upload_id)
         except FileNotFoundError:
             raise UploadMissing(upload_id) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UploadLocked(upload_id) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        # Removed (terminated, swept) between our open and our lock: its name is gone.
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(self.path(upload_id)))
-        except FileNotFoundError:
-            same = False
-        if not same:
-            os.close(fd)
+        if fd is None:
+            # Removed (terminated, swept) between our open and our lock: its name is gone.
             raise UploadMissing(upload_id)
         return LocalResumable(fd, self.path(upload_id), self.storage.tmp_dir)
 
@@ -255,6 +242,27 @@ class LocalResumableStorage:
         os.makedirs(self.storage.root, exist_ok=True)
         stat = os.statvfs(self.storage.root)
         return stat.f_bavail * stat.f_frsize
+
+
+def _open_locked(path: str, flags: int, upload_id: str) -> int | None:
+    """``path`` opened and exclusively flocked without waiting (``UploadLocked`` when another
+    holds it); None when the name no longer leads to the file locked (removed or replaced
+    between the open and the lock: the lock then guards nothing)."""
+    fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.path.samestat(os.fstat(fd), os.stat(path)):
+            return fd
+    except BlockingIOError:
+        os.close(fd)
+        raise UploadLocked(upload_id) from None
+    except FileNotFoundError:
+        pass
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
 
 
 def _fsync_dir(path: str) -> None:
@@ -282,23 +290,11 @@ class FileLocks:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         path = os.path.join(self.directory, upload_id + ".lock")
         for _attempt in range(3):
-            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise UploadLocked(upload_id) from None
-            except BaseException:
-                os.close(fd)
-                raise
-            # Its holder may have removed the file (``forget``) between our open and our
-            # lock: then the lock is on a name nobody else can find. Take the new one.
-            try:
-                if os.path.samestat(os.fstat(fd), os.stat(path)):
-                    return _FileLock(fd, path)
-            except FileNotFoundError:
-                pass
-            os.close(fd)
+            fd = _open_locked(path, os.O_CREAT | os.O_RDWR, upload_id)
+            if fd is not None:
+                return _FileLock(fd, path)
+            # Its holder removed the file (``forget``) between our open and our lock: the
+            # lock was on a name nobody else can find. Take the new one.
         raise UploadLocked(upload_id)
 
 
