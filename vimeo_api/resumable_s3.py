@@ -89,7 +89,7 @@ class S3ResumableStorage:
             name = key[len(area):]
             if UPLOAD_ID.match(name):
                 yield name, initiated.timestamp()
-        for key, modified in self._iter_objects(area):
+        for key, modified in self.storage.list_objects(area):
             name = key[len(area):]
             upload_id, rest = name[:32], name[32:]
             if UPLOAD_ID.match(upload_id) and (not rest or _TAIL.match(rest)):
@@ -99,18 +99,6 @@ class S3ResumableStorage:
         """A bucket has no free space to ask about."""
         return UNBOUNDED
 
-    def _iter_objects(self, prefix: str) -> Iterator[tuple[str, float]]:
-        storage = self.storage
-        pages = iter(storage.client.get_paginator("list_objects_v2").paginate(
-            Bucket=storage.bucket, Prefix=prefix, PaginationConfig={"PageSize": storage.list_page_size}
-        ))
-        while True:
-            with _store_errors("ListObjectsV2"):
-                page = next(pages, None)
-            if page is None:
-                return
-            for item in page.get("Contents", ()):
-                yield item["Key"], item["LastModified"].timestamp()
 
 
 class S3Resumable:
@@ -254,7 +242,7 @@ class S3Resumable:
             for found, multipart, _initiated in storage._iter_multipart_uploads(key):
                 if found == key:
                     storage._abort(found, multipart)
-            for found, _modified in self._owner._iter_objects(key):
+            for found, _modified in self._owner.storage.list_objects(key):
                 storage._delete_key(found)
         except StorageUnavailable as exc:
             log.warning("could not remove resumable upload %s from the bucket: %s", self.upload_id, exc)

@@ -1047,25 +1047,27 @@ class S3Storage(Storage):
             mtime = answer["LastModified"].timestamp()
         return BlobStat(size=int(answer["ContentLength"]), mtime=mtime)
 
-    def iter_blobs(self) -> Iterator[str]:
-        """Every stored hash, listed page by page (memory bounded by one page)."""
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(
-            Bucket=self.bucket, Prefix=f"{self.prefix}blobs/",
-            PaginationConfig={"PageSize": self.list_page_size},
-        )
-        base = len(self.prefix) + len("blobs/")
-        iterator = iter(pages)
+    def list_objects(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """(key, Last-Modified as a timestamp) of every object under ``prefix``, listed
+        page by page (memory bounded by one page); a failing page raises StorageUnavailable."""
+        pages = iter(self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.list_page_size}
+        ))
         while True:
             with _store_errors("ListObjectsV2"):
-                page = next(iterator, None)
+                page = next(pages, None)
             if page is None:
                 return
             for item in page.get("Contents", ()):
-                rest = item["Key"][base:]
-                parts = rest.split("/")
-                if len(parts) == 3 and _SHA256.match(parts[2]) and parts[0] == parts[2][:2] and parts[1] == parts[2][2:4]:
-                    yield parts[2]
+                yield item["Key"], item["LastModified"].timestamp()
+
+    def iter_blobs(self) -> Iterator[str]:
+        """Every stored hash, listed page by page (memory bounded by one page)."""
+        base = len(self.prefix) + len("blobs/")
+        for key, _modified in self.list_objects(f"{self.prefix}blobs/"):
+            parts = key[base:].split("/")
+            if len(parts) == 3 and _SHA256.match(parts[2]) and parts[0] == parts[2][:2] and parts[1] == parts[2][2:4]:
+                yield parts[2]
 
     def remove_stale_uploads(self, older_than: float) -> int:
         """Abort multipart uploads and delete temporary objects older than ``older_than``
@@ -1076,19 +1078,10 @@ class S3Storage(Storage):
         for key, upload_id, initiated in self._iter_multipart_uploads(tmp_prefix):
             if initiated.timestamp() < cutoff and self._abort(key, upload_id):
                 removed += 1
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = iter(paginator.paginate(
-            Bucket=self.bucket, Prefix=tmp_prefix, PaginationConfig={"PageSize": self.list_page_size}
-        ))
-        while True:
-            with _store_errors("ListObjectsV2"):
-                page = next(pages, None)
-            if page is None:
-                break
-            for item in page.get("Contents", ()):
-                if item["LastModified"].timestamp() < cutoff:
-                    self._delete_key(item["Key"])
-                    removed += 1
+        for key, modified in self.list_objects(tmp_prefix):
+            if modified < cutoff:
+                self._delete_key(key)
+                removed += 1
         return removed
 
     def check(self) -> None:
