@@ -79,8 +79,13 @@ def main() -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--app-root", type=Path, help="import vimeo_api from this checkout")
     args = parser.parse_args()
-    if args.app_root:
-        sys.path.insert(0, str(args.app_root.resolve()))
+    app_root = args.app_root.resolve() if args.app_root else None
+    if app_root:
+        sys.path.insert(0, str(app_root))
+        # bench.harness imports deploy.stack, which imports vimeo_api.errors: forget this
+        # checkout's package, or the import below would hand back this checkout's app.
+        for name in [n for n in sys.modules if n == "vimeo_api" or n.startswith("vimeo_api.")]:
+            del sys.modules[name]
     import logging
 
     logging.disable(logging.INFO)  # the JSON request log would go to the terminal
@@ -93,7 +98,10 @@ def main() -> int:
         settings = {k[len("VIMEO_"):]: v for k, v in redis_env(prefix).items()}
         app = create_app({"DATABASE_URL": db_url, "STORAGE_DIR": str(storage), "DELIVERY": "accel",
                           "EMBEDDED_SWEEP_INTERVAL": 0, "UPLOAD_RATE_LIMIT": "1000000/minute", **settings})
-        print(f"app from {Path(sys.modules['vimeo_api'].__file__).parent.parent}")
+        loaded_from = Path(sys.modules["vimeo_api"].__file__).resolve().parent.parent
+        print(f"app from {loaded_from}")
+        if app_root and loaded_from != app_root:
+            raise SystemExit(f"--app-root {app_root}: the app was imported from {loaded_from} instead")
         client = app.test_client()
         for name in args.scenarios.split(","):
             run(client, prepare(client, name, 30))  # warm-up
