@@ -545,7 +545,11 @@ paths = {
     P + "/file": {
         "put": {
             "operationId": "uploadMultipart", "tags": ["files"], "summary": "Upload a file (multipart, the original contract)",
-            "description": "If no part is named `file`, the first file part is taken.",
+            "description": "If no part is named `file`, the first file part is taken. The options may also come as "
+                           "the headers of a raw upload (`X-Password`, `X-Max-Downloads`, `X-Expires-In`); a header "
+                           "and a form field that give one option two values are a 400.",
+            # Not listed as parameters: a document cannot say "the header or the field,
+            # or both with one value", and a generator would send two values as valid.
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": ref("schemas", "MultipartUpload")}}},
             "responses": {"201": created, **upload_errors},
         }
@@ -724,7 +728,10 @@ paths = {
             "description": "tus 1.0.0 creation, creation-defer-length and creation-with-upload (a body of "
                            "application/offset+octet-stream is the first chunk, or all of it). Counts against "
                            "UPLOAD_RATE_LIMIT. X-HTTP-Method-Override is honoured on every tus route. When the body "
-                           "completes the upload, X-File-Url and X-Owner-Token name the file. " + TUS_PROSE_HEADERS,
+                           "completes the upload, X-File-Url and X-Owner-Token name the file. The file's options "
+                           "come from Upload-Metadata (`password`, `max_downloads`, `expires_in`) or from the headers "
+                           "`X-Password`, `X-Max-Downloads`, `X-Expires-In`; one option with two values is a 400. "
+                           + TUS_PROSE_HEADERS,
             "parameters": pr("TusResumableRequest", "UploadLengthCreate", "UploadMetadata"),
             "requestBody": {"required": False, "content": {"application/offset+octet-stream": {"schema": binary}}},
             "responses": {

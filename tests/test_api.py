@@ -299,6 +299,51 @@ def test_raw_upload_with_options_in_headers(target):
     assert (ok.status, ok.body) == (200, b"raw body\n")
 
 
+def test_form_upload_takes_the_option_headers_too(target):
+    """curl -F file=@x -H 'X-Password: ...' means the password: a file stored without it
+    would be public to whoever gets the link."""
+    before = now().replace(microsecond=0)
+    answer = target.request(
+        "PUT", "/file", files={"file": ("form.txt", b"form body\n")},
+        headers={"X-Password": "s3cret", "X-Max-Downloads": "2", "X-Expires-In": "1h"},
+    )
+    assert answer.status == 201, answer
+    body = answer.json()
+    assert body["max_downloads"] == 2
+    assert before + timedelta(hours=1) <= iso(body["expires_at"]) <= now() + timedelta(hours=1)
+    assert row(target, body["filehash"]).password_hash is not None
+    assert target.request("GET", path(body)).status == 401
+    ok = target.request("GET", path(body), headers={"X-Password": "s3cret"})
+    assert (ok.status, ok.body) == (200, b"form body\n")
+
+
+def test_form_upload_option_as_field_and_header(target):
+    """The same value twice is one option; two values are a 400 that names it and keeps
+    nothing; an empty header or field counts as not given."""
+    same = target.request("PUT", "/file", data={"password": "pw", "max_downloads": "3"},
+                          files={"file": ("a.txt", b"a")}, headers={"X-Password": "pw", "X-Max-Downloads": "3"})
+    assert same.status == 201, same
+    assert same.json()["max_downloads"] == 3
+    assert target.request("GET", path(same.json())).status == 401
+    empty = target.request("PUT", "/file", data={"password": "pw", "max_downloads": ""},
+                           files={"file": ("b.txt", b"b")}, headers={"X-Password": "", "X-Max-Downloads": "0"})
+    assert empty.status == 201, empty
+    assert empty.json()["max_downloads"] == 0
+    assert target.request("GET", path(empty.json())).status == 401
+    files_before = target.sql("select count(*) from files")[0][0]
+    for field, header, value, other in [("password", "X-Password", "pw", "other"),
+                                        ("max_downloads", "X-Max-Downloads", "1", "0"),
+                                        ("expires_in", "X-Expires-In", "1h", "2h")]:
+        answer = target.request("PUT", "/file", data={field: value}, files={"file": ("c.txt", b"c")},
+                                headers={header: other})
+        message = assert_error(target, answer, 400, "Bad Request")["message"]
+        assert field in message and header in message, message
+        if field == "password":
+            assert value not in message and other not in message, message
+    assert target.sql("select count(*) from files")[0][0] == files_before
+    assert target.stored("tmp") == []
+
+
 @pytest.mark.parametrize("route", ["/upload/", "/upload"])
 def test_raw_upload_without_a_name(target, route):
     answer = target.request("PUT", route, data=b"nameless", headers={"X-Max-Downloads": "0"})

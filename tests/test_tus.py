@@ -233,6 +233,31 @@ def test_invalid_options_are_refused_at_creation(target, metadata):
     assert target.sql("select count(*) from resumable_uploads")[0][0] == 0
 
 
+def test_option_headers_count_at_creation(target):
+    """X-Password and its kin on the creation request, as on the other upload routes; a
+    header and a metadata value that disagree are a 400 before anything is kept."""
+    answer = create(target, 5, meta(filename="h.txt", max_downloads="2"),
+                    **{"X-Password": "pw", "X-Max-Downloads": "2", "X-Expires-In": "1h"})
+    assert answer.status == 201, answer
+    assert patch(target, answer.headers["Location"], 0, b"hello").status == 204
+    file_url = head(target, answer.headers["Location"]).headers["X-File-Url"]
+    (row,) = target.sql("select max_downloads, password_hash, expires_at, created_at from files where filehash = :h",
+                        h=file_url.rsplit("/", 1)[1])
+    assert row.max_downloads == 2 and row.password_hash is not None
+    expires_at, created_at = (v if not isinstance(v, str) else datetime.fromisoformat(v)
+                              for v in (row.expires_at, row.created_at))
+    assert (expires_at - created_at).total_seconds() == 3600
+    assert target.request("GET", file_url).status == 401
+    assert target.request("GET", file_url, headers={"X-Password": "pw"}).body == b"hello"
+
+    uploads_before = target.sql("select count(*) from resumable_uploads")[0][0]
+    refused = create(target, 5, meta(filename="h.txt", password="pw"), **{"X-Password": "other"})
+    is_json_error(refused, 400)
+    message = refused.json()["message"]
+    assert "password" in message and "Upload-Metadata" in message and "other" not in message
+    assert target.sql("select count(*) from resumable_uploads")[0][0] == uploads_before
+
+
 def test_more_than_the_maximum_is_413(target):
     is_json_error(create(target, 10 * 1024 ** 3 + 1), 413)
 

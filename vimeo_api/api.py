@@ -46,8 +46,9 @@ def _received(upload):
 
 @bp.put("/file")
 def upload_multipart():
-    """Multipart upload, the original contract: ``curl -F file=@x -X PUT .../file``."""
-    options = request_options.parse(request.form)
+    """Multipart upload, the original contract: ``curl -F file=@x -X PUT .../file``
+    (options as form fields, or as the raw upload's ``X-*`` headers)."""
+    options = request_options.parse(request_options.with_headers(request.form, request.headers, "form field"))
     upload, filename, declared = multipart_file(request)
     _received(upload)
     filename = clean_filename(filename)

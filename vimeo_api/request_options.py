@@ -1,10 +1,16 @@
 """A file's options as clients send them: multipart form fields, ``X-*`` headers of a
 raw upload, a PATCH's JSON, or (resumable uploads) tus ``Upload-Metadata``. Parsed here,
 in the HTTP layer, into the domain's ``files.Options``; anything invalid is a ``400``
-that says what is accepted."""
+that says what is accepted.
+
+The ``X-*`` headers count on every upload route, not only the raw one: a client that
+sends ``-H 'X-Password: ...'`` with a form or a tus upload means it, and a file stored
+without the password it asked for would be worse than any error. A header and a field
+that give one option two values are a ``400``: neither is guessed."""
 
 from __future__ import annotations
 
+import hmac
 from datetime import datetime, timedelta
 
 from flask import current_app
@@ -46,6 +52,23 @@ def parse(source, *, patch: bool = False) -> Options:
 def from_headers(headers) -> dict:
     """The option fields a raw upload's headers carry."""
     return {key: headers[name] for name, key in HEADER_FIELDS.items() if name in headers}
+
+
+def with_headers(fields, headers, source: str) -> dict:
+    """The option fields of an upload that carries them in its body or metadata
+    (``source``: "form field", "Upload-Metadata"), with those of its ``X-*`` headers.
+    An empty value counts as not given; the same option with two values is a 400."""
+    combined = {key: fields[key] for key in HEADER_FIELDS.values() if fields.get(key) not in (None, "")}
+    for name, key in HEADER_FIELDS.items():
+        value = headers.get(name)
+        if value in (None, ""):
+            continue
+        # The two values come from one client; constant time all the same (a password).
+        if key in combined and not hmac.compare_digest(str(combined[key]).encode(), value.encode()):
+            raise BadRequest(f"{key} is given both as a {source} and as the {name} header, with different "
+                             f"values: send it once.")
+        combined[key] = value
+    return combined
 
 
 def parse_expires_in(value, now: datetime) -> datetime | None:
