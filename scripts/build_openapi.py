@@ -354,6 +354,8 @@ responses = {
     "Gone": error("Deleted, expired, or its download limit is reached: `reason` says which. A browser or a link "
                   "preview asking for a download gets the same status with the landing page (text/html)."),
     "UnsupportedMediaType": error("The body is not a form (application/x-www-form-urlencoded)."),
+    "FormSentRaw": error("A multipart form (Content-Type: multipart/form-data) sent as a raw upload: PUT /file "
+                         "takes forms. Nothing is stored."),
     "PreconditionFailed": error("If-Match / If-Unmodified-Since do not hold."),
     "TooLarge": error("The upload is larger than the configured maximum."),
     "TooSlow": error("The body stalled for BODY_READ_TIMEOUT seconds or arrived slower than BODY_MIN_RATE."),
@@ -476,7 +478,7 @@ raw_upload = lambda op_id, summary, params: {
                    "comes from Content-Type when it is specific, else from the filename.",
     "parameters": params + pr("XPassword", "XMaxDownloads", "XExpiresIn"),
     "requestBody": {"required": False, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-    "responses": {"201": created, **upload_errors},
+    "responses": {"201": created, **upload_errors, **R((415, "FormSentRaw"))},
 }
 
 download_headers = {"ETag": "ETag", "Last-Modified": "LastModified", "Cache-Control": "CacheControl",

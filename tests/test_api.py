@@ -355,6 +355,22 @@ def test_raw_upload_without_a_name(target, route):
     assert target.request("GET", body["url"]).body == b"nameless"
 
 
+@pytest.mark.parametrize("route", ["/upload/", "/upload/form.txt"])
+def test_a_form_sent_to_the_raw_upload_is_415_and_stores_nothing(target, route):
+    """curl -F file=@x -X PUT .../upload/ would otherwise store the form's envelope as
+    the file; the answer points to PUT /file."""
+    answer = target.request("PUT", route, files={"file": ("form.txt", b"form body")},
+                            headers={"X-Max-Downloads": "0"})
+    message = assert_error(target, answer, 415, "Unsupported Media Type")["message"]
+    assert "PUT /file" in message, message
+    assert target.sql("select count(*) from files")[0][0] == 0
+    assert target.stored("tmp") == [] and target.stored("blobs") == []
+    # A raw body that happens to look like a form is not refused by its bytes.
+    raw = target.request("PUT", route, data=b"--x\r\nContent-Disposition: form-data\r\n\r\n--x--\r\n",
+                         headers={"X-Max-Downloads": "0"})
+    assert raw.status == 201, raw
+
+
 def test_raw_upload_bad_header_option_is_400(target):
     answer = target.request("PUT", "/upload/x.txt", data=b"x", headers={"X-Expires-In": "soon"})
     assert "expires_in" in assert_error(target, answer, 400, "Bad Request")["message"]

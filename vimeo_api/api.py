@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from flask import Blueprint, current_app, jsonify, request
-from werkzeug.exceptions import BadRequest, PreconditionFailed, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, PreconditionFailed, RequestEntityTooLarge, UnsupportedMediaType
 
 from . import access, downloads, files, inventory, limits, request_options, versions
 from .errors import FileGone
@@ -62,6 +62,11 @@ def upload_multipart():
 @bp.put("/upload/<filename>")
 def upload_raw(filename):
     """Raw body upload: ``curl -T x .../upload/`` (curl appends the file's name)."""
+    if request.mimetype == "multipart/form-data":
+        # ``curl -F file=@x -X PUT .../upload/``: stored as is, the file would be the form's
+        # envelope (boundaries and part headers around the bytes), not what was sent.
+        raise UnsupportedMediaType("This is a multipart form: send it to PUT /file (curl -F file=@x -X PUT "
+                                   ".../file). PUT /upload/<name> takes the file's own bytes (curl -T x .../upload/).")
     options = request_options.parse(request_options.from_headers(request.headers))
     filename = clean_filename(filename or "upload")
     upload = _received(raw_body(request))
