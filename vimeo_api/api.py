@@ -48,7 +48,7 @@ def _received(upload):
 def upload_multipart():
     """Multipart upload, the original contract: ``curl -F file=@x -X PUT .../file``
     (options as form fields, or as the raw upload's ``X-*`` headers)."""
-    options = request_options.parse(request_options.with_headers(request.form, request.headers, "form field"))
+    options = request_options.parse(request_options.upload_fields(request.headers, request.form, "form field"))
     upload, filename, declared = multipart_file(request)
     _received(upload)
     filename = clean_filename(filename)
@@ -67,7 +67,7 @@ def upload_raw(filename):
         # envelope (boundaries and part headers around the bytes), not what was sent.
         raise UnsupportedMediaType("This is a multipart form: send it to PUT /file (curl -F file=@x -X PUT "
                                    ".../file). PUT /upload/<name> takes the file's own bytes (curl -T x .../upload/).")
-    options = request_options.parse(request_options.from_headers(request.headers))
+    options = request_options.parse(request_options.upload_fields(request.headers))
     filename = clean_filename(filename or "upload")
     upload = _received(raw_body(request))
     file, token = files.create(upload, filename, content_type_for(request.mimetype, filename), options)

@@ -20,7 +20,7 @@ from .files import Options, whole_second
 from .models import utcnow
 
 MAX_PASSWORD = 1024
-# Raw uploads carry their options as headers.
+# Upload options as headers (every upload route; the only way for a raw one).
 HEADER_FIELDS = {"X-Password": "password", "X-Max-Downloads": "max_downloads", "X-Expires-In": "expires_in"}
 
 
@@ -49,22 +49,18 @@ def parse(source, *, patch: bool = False) -> Options:
     return options
 
 
-def from_headers(headers) -> dict:
-    """The option fields a raw upload's headers carry."""
-    return {key: headers[name] for name, key in HEADER_FIELDS.items() if name in headers}
-
-
-def with_headers(fields, headers, source: str) -> dict:
-    """The option fields of an upload that carries them in its body or metadata
-    (``source``: "form field", "Upload-Metadata"), with those of its ``X-*`` headers.
-    An empty value counts as not given; the same option with two values is a 400."""
+def upload_fields(headers, fields=None, source: str = "") -> dict:
+    """The option fields of an upload: its ``X-*`` headers, and for a form or a tus
+    creation also ``fields`` (named by ``source``: "form field", "Upload-Metadata"). An
+    empty value counts as not given; the same option with two values is a 400."""
+    fields = fields or {}
     combined = {key: fields[key] for key in HEADER_FIELDS.values() if fields.get(key) not in (None, "")}
     for name, key in HEADER_FIELDS.items():
         value = headers.get(name)
         if value in (None, ""):
             continue
         # The two values come from one client; constant time all the same (a password).
-        if key in combined and not hmac.compare_digest(str(combined[key]).encode(), value.encode()):
+        if key in combined and not hmac.compare_digest(combined[key].encode(), value.encode()):
             raise BadRequest(f"{key} is given both as a {source} and as the {name} header, with different "
                              f"values: send it once.")
         combined[key] = value

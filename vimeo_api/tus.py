@@ -136,11 +136,11 @@ def file_options(source: dict) -> files.Options:
     return request_options.parse(source)
 
 
-def file_fields(header: str | None, headers=None) -> resumable.FileFields:
-    """What the completed upload will be, from Upload-Metadata and the creation request's
-    option headers (``X-Password``...: request_options.with_headers), 400 on anything
+def file_fields(headers) -> resumable.FileFields:
+    """What the completed upload will be, from the creation request's Upload-Metadata and
+    option headers (``X-Password``...: request_options.upload_fields), 400 on anything
     invalid."""
-    pairs = parse_metadata(header)
+    pairs = parse_metadata(headers.get("Upload-Metadata"))
     text = {}
     for key, decoded, _pair in pairs:
         if key in ("filename", "filetype", "name", "type", "password", "max_downloads", "expires_in"):
@@ -148,7 +148,7 @@ def file_fields(header: str | None, headers=None) -> resumable.FileFields:
                 text[key] = decoded.decode("utf-8")
             except UnicodeDecodeError:
                 raise BadRequest(f"The value of {key!r} in Upload-Metadata is not UTF-8.") from None
-    options = file_options(request_options.with_headers(text, headers or {}, "Upload-Metadata"))
+    options = file_options(request_options.upload_fields(headers, text, "Upload-Metadata"))
     # tus-js-client and Uppy send filename/filetype; name/type are Uppy's own names.
     filename = clean_filename(text.get("filename") or text.get("name") or "upload")
     declared = text.get("filetype") or text.get("type")
@@ -199,7 +199,7 @@ def discover(upload_id=None):
 def create_upload():
     """A new upload (tus creation), with its first bytes if the body carries any."""
     length = _creation_length()
-    fields = file_fields(request.headers.get("Upload-Metadata"), request.headers)
+    fields = file_fields(request.headers)
     stream, content_length = _chunk_body(required=False)
     checksum = parse_checksum(request.headers.get("Upload-Checksum"))
     if content_length and length is not None and content_length > length:
